@@ -1,0 +1,52 @@
+"""Flags shared by every subcommand (token.md B1) and the config-file precedence helper."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+LOG_LEVELS = ("panic", "fatal", "error", "warning", "warn", "info", "debug", "trace")
+
+
+class CommandModule(Protocol):
+    """What each subcommand module provides."""
+
+    def add_parser(
+        self, sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+    ) -> None: ...
+
+
+def global_flags() -> argparse.ArgumentParser:
+    """Upstream's persistent flags; defaults are None so precedence can be resolved later."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "-i",
+        "--cluster-id",
+        action="append",
+        default=None,
+        help="cluster ID (env KUBERNETES_AWS_AUTHENTICATOR_CLUSTER_ID); the server takes it "
+        "more than once during a rotation, the first being the current ID",
+    )
+    p.add_argument("-c", "--config", default=None, help="YAML or JSON config file")
+    p.add_argument("-l", "--log-format", default=None, help="text or json")
+    p.add_argument(
+        "-v",
+        "--log-verbosity",
+        default=None,
+        help="panic, fatal, error, warning, info, debug or trace "
+        "(env AWS_IAM_AUTHENTICATOR_LOG_VERBOSITY)",
+    )
+    p.add_argument("--feature-gates", default=None, help="comma-separated Gate=true|false")
+    return p
+
+
+def pick(flag: Any, env: Mapping[str, str], env_key: str | None, config: Any, default: Any) -> Any:
+    """Resolve one setting with upstream's precedence: flag > env > config file > default."""
+    if flag is not None:
+        return flag
+    if env_key is not None and env.get(env_key):
+        return env[env_key]
+    if config is not None:
+        return config
+    return default

@@ -1,0 +1,119 @@
+"""The whole exception tree of authd.
+
+    AuthdError
+    ├── ConfigError (ValueError)          bad flags, config file, mapping file
+    ├── ArnError (ValueError)             an ARN that cannot be canonicalised
+    ├── TokenFormatError (ValueError)     a token that fails a local check (token.md C1-C16)
+    ├── StsError                          STS could not vouch for the token
+    │   ├── StsRejectedError              STS answered 4xx: signature, expired, access denied
+    │   ├── StsThrottledError             STS or authd's own limiter throttled the call
+    │   └── StsUnavailableError           5xx, 3xx, timeout, connection error, unreadable body
+    ├── MappingError                      the identity is verified but gets no Kubernetes user
+    │   ├── NotMappedError                no backend maps it
+    │   ├── ReservedPrefixError           the username starts with a reserved prefix
+    │   └── TemplateError                 a username or group template cannot be rendered
+    └── ClientError                       the `token` command cannot make a token
+        └── CredentialError               no usable AWS credentials, or AssumeRole refused
+
+Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
+(authd.md section 4). Foreign exceptions are translated at the boundary with `raise ... from`.
+"""
+
+from __future__ import annotations
+
+
+class AuthdError(Exception):
+    """Base of every error authd raises on purpose."""
+
+    reason = "error"
+
+
+class ConfigError(AuthdError, ValueError):
+    """Invalid configuration; the message names the file, line and key where known."""
+
+    reason = "config_error"
+
+
+class ArnError(AuthdError, ValueError):
+    """An ARN that is not a valid identity ARN (arn.md)."""
+
+    reason = "bad_arn"
+
+
+class TokenFormatError(AuthdError, ValueError):
+    """A token that fails a local check; rendered as upstream renders it (token.md)."""
+
+    reason = "bad_token"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"input token was not properly formatted: {detail}")
+        self.detail = detail
+
+
+class StsError(AuthdError):
+    """STS could not confirm who signed the token."""
+
+    reason = "sts_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"sts getCallerIdentity failed: {detail}")
+        self.detail = detail
+
+
+class StsRejectedError(StsError):
+    """STS refused the presigned request (a definitive answer: wrong cluster ID, tampering)."""
+
+    reason = "sts_rejected"
+
+
+class StsThrottledError(StsError):
+    """STS, or authd's own rate limit in front of it, asks the caller to come back later."""
+
+    reason = "throttled"
+
+    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+        AuthdError.__init__(self, f"sts getCallerIdentity was throttled: {detail}")
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class StsUnavailableError(StsError):
+    """STS could not be reached or answered something unreadable (a transient answer)."""
+
+    reason = "sts_unavailable"
+
+
+class MappingError(AuthdError):
+    """A verified identity that no backend turns into a Kubernetes user."""
+
+    reason = "not_mapped"
+
+
+class NotMappedError(MappingError):
+    """No backend has a mapping for the identity."""
+
+    reason = "not_mapped"
+
+
+class ReservedPrefixError(MappingError):
+    """The rendered username begins with a prefix reserved for that backend."""
+
+    reason = "reserved_prefix"
+
+
+class TemplateError(MappingError):
+    """A username or group template could not be rendered."""
+
+    reason = "template_error"
+
+
+class ClientError(AuthdError):
+    """The `token` command cannot produce a token."""
+
+    reason = "client_error"
+
+
+class CredentialError(ClientError):
+    """No usable AWS credentials were found, or STS refused to assume the role."""
+
+    reason = "credentials"
