@@ -51,13 +51,18 @@ class TokenFormatError(AuthdError, ValueError):
 
 
 class StsError(AuthdError):
-    """STS could not confirm who signed the token."""
+    """STS could not confirm who signed the token.
+
+    `status` is the HTTP status STS answered with, or None when no answer came (transport
+    failure, timeout); the caller turns it into the upstream `sts_responses_total` metric.
+    """
 
     reason = "sts_error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
         super().__init__(f"sts getCallerIdentity failed: {detail}")
         self.detail = detail
+        self.status = status
 
 
 class StsRejectedError(StsError):
@@ -71,9 +76,10 @@ class StsThrottledError(StsError):
 
     reason = "throttled"
 
-    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+    def __init__(self, detail: str, *, status: int | None = None, retry_after: float = 1.0) -> None:
         AuthdError.__init__(self, f"sts getCallerIdentity was throttled: {detail}")
         self.detail = detail
+        self.status = status
         self.retry_after = retry_after
 
 

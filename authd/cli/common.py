@@ -13,7 +13,9 @@ class CommandModule(Protocol):
     """What each subcommand module provides."""
 
     def add_parser(
-        self, sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+        self,
+        sub: argparse._SubParsersAction[argparse.ArgumentParser],
+        parents: list[argparse.ArgumentParser],
     ) -> None: ...
 
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         info = {"Version": __version__, "Commit": __commit__}
         print(json.dumps({k: v for k, v in info.items() if v}, separators=(",", ":")))
     elif args.output == "yaml":
-        print(f"Version: {__version__}\nCommit: {json.dumps(__commit__)}\nDate: \"\"")
+        print(f'Version: {__version__}\nCommit: {json.dumps(__commit__)}\nDate: ""')
     else:
         print("unknown version option", file=sys.stderr)
     return 0
