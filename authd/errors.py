@@ -2,6 +2,7 @@
 
     AuthdError
     ├── ConfigError (ValueError)          bad flags, config file, mapping file
+    ├── BadRequestError (ValueError)      a webhook request that is not a TokenReview
     ├── ArnError (ValueError)             an ARN that cannot be canonicalised
     ├── TokenFormatError (ValueError)     a token that fails a local check (token.md C1-C16)
     ├── StsError                          STS could not vouch for the token
@@ -32,6 +33,12 @@ class ConfigError(AuthdError, ValueError):
     """Invalid configuration; the message names the file, line and key where known."""
 
     reason = "config_error"
+
+
+class BadRequestError(AuthdError, ValueError):
+    """A webhook request body that is not a TokenReview the server can answer."""
+
+    reason = "bad_request"
 
 
 class ArnError(AuthdError, ValueError):

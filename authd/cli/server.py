@@ -1,0 +1,93 @@
+"""`authd server`: the TokenReview webhook, with upstream's flags (server.md section 2)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from authd import __commit__, __version__
+
+# argparse dest -> ServerSettings attribute, for the flags this command adds.
+FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "partition": ("--partition", {}),
+    "generate_kubeconfig": ("--generate-kubeconfig", {}),
+    "kubeconfig_pregenerated": ("--kubeconfig-pregenerated", {"nargs": "?", "const": "true"}),
+    "state_dir": ("--state-dir", {}),
+    "kubeconfig": ("--kubeconfig", {}),
+    "master": ("--master", {}),
+    "address": ("--address", {}),
+    "port": ("--port", {}),
+    "hostname": ("--hostname", {}),
+    "backend_mode": ("--backend-mode", {"action": "append"}),
+    "ec2_describe_instances_qps": ("--ec2-describeInstances-qps", {}),
+    "ec2_describe_instances_burst": ("--ec2-describeInstances-burst", {}),
+    "extra_sts_endpoints": ("--extra-sts-endpoint", {"action": "append"}),
+    "dynamicfile_path": ("--dynamicfile-path", {}),
+    "dynamicfile_userid_strict": ("--dynamicfile-userid-strict", {"nargs": "?", "const": "true"}),
+    "sts_timeout": ("--sts-timeout", {}),
+    "sts_qps": ("--sts-qps", {}),
+    "sts_burst": ("--sts-burst", {}),
+    "identity_cache_size": ("--identity-cache-size", {}),
+    "ec2_cache_ttl": ("--ec2-cache-ttl", {}),
+    "ec2_batch_window": ("--ec2-batch-window", {}),
+    "health_address": ("--health-address", {}),
+}
+
+
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    """Register `server` and its flags; every flag defaults to "not given"."""
+    p = sub.add_parser("server", parents=parents, help="run the TokenReview webhook")
+    for dest, (flag, extra) in FLAGS.items():
+        p.add_argument(flag, dest=dest, default=None, **extra)
+    p.set_defaults(run=run, error_prefix="")
+
+
+def given_flags(args: argparse.Namespace, names: Mapping[str, object]) -> dict[str, object]:
+    """The server settings given on the command line, keyed by ServerSettings attribute."""
+    flags: dict[str, object] = {
+        dest: getattr(args, dest) for dest in names if getattr(args, dest, None) is not None
+    }
+    if "backend_mode" in flags:
+        flags["backend_mode"] = ",".join(args.backend_mode)
+    for dest, attr in (
+        ("cluster_id", "cluster_ids"),
+        ("feature_gates", "feature_gates"),
+        ("log_format", "log_format"),
+        ("log_verbosity", "log_verbosity"),
+    ):
+        if getattr(args, dest, None) is not None:
+            flags[attr] = getattr(args, dest)
+    return flags
+
+
+def load_settings(
+    args: argparse.Namespace, env: Mapping[str, str], names: Mapping[str, object]
+) -> Any:
+    """Resolve ServerSettings from flags, env and `--config` (which must exist and parse)."""
+    from authd.config import FileConfig, ServerSettings
+
+    file = FileConfig.from_file(args.config) if args.config else None
+    return ServerSettings.resolve(flags=given_flags(args, names), env=env, file=file)
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Start the daemon; return 0 after a graceful shutdown."""
+    import structlog
+    import trio
+
+    from authd import logs
+    from authd.region import resolve_region
+    from authd.server.daemon import run_server
+
+    print(f'Authenticator Version: "{__version__}", "{__commit__}"', flush=True)
+    settings = load_settings(args, env, FLAGS)
+    logs.configure(fmt=settings.log_format, level=settings.log_verbosity)
+    log = structlog.get_logger("authd.server")
+    for warning in settings.warnings:
+        log.warning(warning)
+    region = resolve_region(env)
+    trio.run(lambda: run_server(settings, region=region))
+    return 0

@@ -1,0 +1,230 @@
+"""Wire the server together and run it: state dir, kubeconfig, backends, listeners, signals.
+
+One nursery tree with one shutdown trigger: SIGTERM or SIGINT sets `shutdown`, the listeners
+stop accepting, in-flight reviews finish, and `run_server` returns. SIGHUP re-reads the config
+file's mappings (and the DynamicFile) and swaps each backend's table atomically; a file that
+does not parse keeps the last good table and marks the backend not ready.
+"""
+
+from __future__ import annotations
+
+import signal
+from functools import partial
+from pathlib import Path
+
+import httpx
+import structlog
+import trio
+
+from authd.config import FileConfig, MappingConfig, ServerSettings
+from authd.errors import AuthdError
+from authd.mapping.chain import Backend, MapperChain
+from authd.mapping.dynamicfile import DynamicFileTable
+from authd.mapping.file import MountedFileTable
+from authd.metrics import Metrics
+from authd.server import kubeconfig, tls
+from authd.server.app import App
+from authd.server.authenticator import Authenticator
+from authd.server.http import Limits, Request, Response, serve_http, serve_https
+from authd.sts import StsClient
+from authd.token import EndpointPolicy
+
+log = structlog.get_logger("authd.server")
+
+IMPLEMENTED = ("MountedFile", "DynamicFile")
+
+
+class Backends:
+    """The configured backends, and how to (re)load the file-based ones."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        mapping = settings.mapping
+        self.by_name = {
+            name: Backend(name, reserved_prefixes=mapping.reserved_prefixes_for(name))
+            for name in settings.backend_mode
+        }
+        for name, backend in self.by_name.items():
+            if name not in IMPLEMENTED:
+                problem = f"backend {name} is not implemented by this version of authd"
+                log.warning("backend not available", backend=name, problem=problem)
+                backend.mark_not_ready(problem)
+        self.chain = MapperChain(
+            list(self.by_name.values()), scrubbed_accounts=settings.scrubbed_accounts
+        )
+
+    def load_all(self, *, mapping: MappingConfig | None = None) -> None:
+        """Load MountedFile from `mapping` (default: the config read at start) and DynamicFile."""
+        mounted = self.by_name.get("MountedFile")
+        if mounted is not None:
+            config = mapping or self._settings.mapping
+            sso = self._settings.feature_gates.sso_role_match
+            mounted.publish(MountedFileTable.from_config(config, sso_role_match=sso))
+            mounted.set_reserved_prefixes(config.reserved_prefixes_for("MountedFile"))
+            self._metrics.reload("MountedFile", ok=True)
+        if "DynamicFile" in self.by_name:
+            self.load_dynamicfile()
+
+    def load_dynamicfile(self) -> None:
+        """Read the DynamicFile; a missing or broken file keeps the last good table."""
+        backend = self.by_name["DynamicFile"]
+        path = self._settings.dynamicfile_path
+        try:
+            data = Path(path).read_bytes()
+            table = DynamicFileTable.from_bytes(
+                data, path=path, userid_strict=self._settings.dynamicfile_userid_strict
+            )
+        except FileNotFoundError:
+            backend.mark_not_ready(f"{path}: file does not exist yet")
+            return
+        except (OSError, AuthdError) as exc:
+            self._failed(backend, str(exc))
+            return
+        backend.publish(table)
+        self._metrics.reload("DynamicFile", ok=True)
+
+    def reload_config(self) -> None:
+        """Re-read `--config` for SIGHUP; keep the last good mapping when it does not parse."""
+        path = self._settings.config_path
+        if not path:
+            return
+        try:
+            mapping = MappingConfig.from_file_config(FileConfig.from_file(path))
+        except AuthdError as exc:
+            backend = self.by_name.get("MountedFile")
+            if backend is not None:
+                self._failed(backend, str(exc))
+            return
+        if "MountedFile" in self.by_name:
+            self.load_all(mapping=mapping)
+        elif "DynamicFile" in self.by_name:
+            self.load_dynamicfile()
+        log.info("configuration reloaded", path=path)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(every backend has a good table, one line per backend)."""
+        lines = [f"{b.name}: {b.problem or 'ok'}" for b in self.by_name.values()]
+        return all(b.ready for b in self.by_name.values()), "\n".join(lines) + "\n"
+
+    def _failed(self, backend: Backend, problem: str) -> None:
+        log.error(
+            "reload failed; keeping the last good mapping", backend=backend.name, error=problem
+        )
+        backend.mark_not_ready(problem)
+        self._metrics.reload(backend.name, ok=False)
+        self._metrics.backend_error(backend.name)
+
+
+def write_state(settings: ServerSettings) -> tls.KeyPair:
+    """Load or create the key pair, and write the webhook kubeconfig unless pregenerated."""
+    try:
+        pair = tls.load_or_create_keypair(
+            settings.state_dir, address=settings.address, hostname=settings.hostname
+        )
+    except AuthdError as exc:
+        raise type(exc)(f"could not load/generate a certificate: {exc}") from exc
+    if not settings.kubeconfig_pregenerated:
+        text = kubeconfig.render_kubeconfig(
+            cert_pem=pair.cert_pem, hostname=settings.hostname, port=settings.port
+        )
+        kubeconfig.write_kubeconfig(settings.generate_kubeconfig, text)
+    return pair
+
+
+async def run_server(
+    settings: ServerSettings,
+    *,
+    region: str,
+    limits: Limits | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the webhook until SIGTERM/SIGINT; `task_status` receives the bound address.
+
+    Raises:
+        AuthdError: the state dir, kubeconfig or TLS setup failed (fatal at start).
+        OSError: the address cannot be bound.
+    """
+    metrics = Metrics()
+    backends = Backends(settings, metrics)
+    backends.load_all()
+    pair = write_state(settings)
+    ssl_context = tls.server_ssl_context(pair)
+    policy = EndpointPolicy.create(
+        partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
+    )
+    timeout = httpx.Timeout(settings.sts_timeout)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        authenticator = Authenticator(
+            policy=policy,
+            sts=StsClient(client),
+            chain=backends.chain,
+            cluster_ids=settings.cluster_ids,
+            metrics=metrics,
+        )
+        app = App(authenticator=authenticator, metrics=metrics, ready=backends.readiness)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_handle_signals, shutdown, backends, nursery.cancel_scope)
+            serve = partial(
+                serve_https,
+                app,
+                ssl_context=ssl_context,
+                host=settings.address,
+                port=settings.port,
+                limits=limits or Limits(),
+                shutdown=shutdown,
+            )
+            bound: tuple[str, int] = await nursery.start(serve)
+            if settings.health_address:
+                await nursery.start(_serve_health, settings.health_address, app, shutdown)
+            log.info("listening", address=f"{bound[0]}:{bound[1]}", region=region)
+            if not settings.kubeconfig_pregenerated:
+                log.info(
+                    "reconfigure your apiserver with "
+                    f"`--authentication-token-webhook-config-file={settings.generate_kubeconfig}`"
+                    " to enable (assuming default hostPath mounts)"
+                )
+            task_status.started(bound)
+            await shutdown.wait()
+    log.info("stopped")
+
+
+async def _serve_health(
+    address: str,
+    app: App,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The optional plain-HTTP listener: `/healthz` and `/readyz` only."""
+    host, _, port = address.rpartition(":")
+
+    async def health_only(request: Request) -> Response:
+        if request.path in ("/healthz", "/readyz"):
+            return await app(request)
+        return Response(status=404, body=b"404 page not found\n")
+
+    await serve_http(
+        health_only,
+        host=host.strip("[]"),
+        port=int(port),
+        shutdown=shutdown,
+        task_status=task_status,
+    )
+
+
+async def _handle_signals(
+    shutdown: trio.Event, backends: Backends, scope: trio.CancelScope
+) -> None:
+    """SIGTERM/SIGINT: graceful stop (a second one stops at once). SIGHUP: reload mappings."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading mappings")
+                backends.reload_config()
+            elif shutdown.is_set():
+                scope.cancel()
+            else:
+                log.info("shutting down: finishing in-flight reviews", signal=signum)
+                shutdown.set()
