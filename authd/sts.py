@@ -1,0 +1,242 @@
+"""Ask STS who signed a verified presigned request, and turn its answer into an Identity.
+
+The one network adapter for GetCallerIdentity (token.md E): a single GET over an injected
+`httpx.AsyncClient`, classified into the error kinds of authd.md section 4. Retries, caching
+and rate limits belong to the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import httpx
+
+from authd.arn import PrincipalType, canonicalize
+from authd.errors import (
+    ArnError,
+    StsError,
+    StsRejectedError,
+    StsThrottledError,
+    StsUnavailableError,
+)
+from authd.identity import Identity
+from authd.token import PresignedRequest
+
+CLUSTER_ID_HEADER = "x-k8s-aws-id"
+MAX_BODY_BYTES = 64 * 1024
+"""A GetCallerIdentity answer is under 1 KiB; anything far bigger is not STS talking."""
+MAX_BODY_TEXT = 1024
+"""How much of an error body goes into the error message."""
+
+_FIELDS = ("arn", "account", "userid")
+_RESPONSE = "getcalleridentityresponse"
+_RESULT = "getcalleridentityresult"
+_ROLE_TYPES = (PrincipalType.ROLE, PrincipalType.ASSUMED_ROLE)
+
+
+class StsClient:
+    """Calls STS GetCallerIdentity for tokens that passed `authd.token.verify`.
+
+    The caller builds the `httpx.AsyncClient` (timeouts, TLS, `follow_redirects=False`);
+    redirects are refused here in any case, since following one could reach another host.
+    """
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        """Use `http` for every call; the caller owns and closes it."""
+        self._http = http
+
+    async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
+        """Send the presigned GET with this server's cluster ID and return who signed it.
+
+        Args:
+            request: the checked request from `authd.token.verify`; its URL is sent untouched.
+            cluster_id: sent as `x-k8s-aws-id`; STS fails the signature if it differs.
+
+        Raises:
+            StsThrottledError: STS answered 429 or a body naming `Throttling`.
+            StsRejectedError: any other 4xx, or an ARN/UserId that is not an identity.
+            StsUnavailableError: 3xx, 5xx, timeout, transport failure, unreadable body.
+        """
+        status, body, content_type = await self._fetch(request, cluster_id)
+        if status != 200:
+            raise _status_error(status, body, request.region_label)
+        return parse_identity(
+            body, content_type, access_key_id=request.access_key_id, host=request.host
+        )
+
+    async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
+        """One GET, never following redirects; returns status, body and content type."""
+        headers = {CLUSTER_ID_HEADER: cluster_id, "accept": "application/json"}
+        outgoing = self._http.build_request("GET", request.url, headers=headers)
+        try:
+            response = await self._http.send(outgoing, stream=True, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise StsUnavailableError(
+                f"error during GET: {_cause(exc)} on {request.region_label} endpoint"
+            ) from exc
+        try:
+            body = await _read_body(response)
+        finally:
+            await response.aclose()
+        return response.status_code, body, response.headers.get("content-type", "")
+
+
+async def _read_body(response: httpx.Response) -> bytes:
+    """Read the (decoded) body, at most MAX_BODY_BYTES of it."""
+    # httpx types aiter_bytes as an iterator; it is an async generator, and leaving it early
+    # must finalise it now (aclosing), not whenever it is garbage-collected.
+    stream = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    try:
+        async with contextlib.aclosing(stream):
+            return await _collect(stream, status=response.status_code)
+    except httpx.HTTPError as exc:
+        raise StsUnavailableError(
+            f"error reading HTTP result: {_cause(exc)}", status=response.status_code
+        ) from exc
+
+
+async def _collect(stream: AsyncGenerator[bytes, None], *, status: int) -> bytes:
+    """Join the chunks, giving up once they pass MAX_BODY_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise StsUnavailableError(
+                f"error reading HTTP result: body larger than {MAX_BODY_BYTES} bytes",
+                status=status,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cause(exc: Exception) -> str:
+    """The text of a transport error; some httpx errors have none, so fall back to the type."""
+    return str(exc) or type(exc).__name__
+
+
+def _status_error(status: int, body: bytes, region: str) -> StsError:
+    """Classify a non-200 answer (token.md E3, authd.md section 4)."""
+    text = body.decode("utf-8", "replace")
+    if status == 429 or "Throttling" in text:
+        return StsThrottledError(_shorten(text), status=status)
+    detail = f"error from AWS (expected 200, got {status}) on {region} endpoint. Body: "
+    if 400 <= status < 500:
+        return StsRejectedError(detail + _shorten(text), status=status)
+    return StsUnavailableError(detail + _shorten(text), status=status)
+
+
+def _shorten(text: str) -> str:
+    """Keep error messages readable when a proxy answers with a whole web page."""
+    if len(text) <= MAX_BODY_TEXT:
+        return text
+    return f"{text[:MAX_BODY_TEXT]}... ({len(text)} characters in all)"
+
+
+def parse_identity(body: bytes, content_type: str, *, access_key_id: str, host: str) -> Identity:
+    """Turn a 200 GetCallerIdentity answer into an Identity (token.md E4-E5).
+
+    Real STS answers JSON when asked; moto answers XML whatever is asked (testing.md), so the
+    body's first character decides. JSON field names match in any case, as Go's decoder does.
+
+    Raises:
+        StsUnavailableError: the body is neither such JSON nor such XML.
+        StsRejectedError: the ARN does not canonicalise, or a role's UserId is not `id:session`.
+    """
+    if body.lstrip().startswith(b"<"):
+        fields = _xml_fields(body, content_type)
+    else:
+        fields = _json_fields(body, content_type)
+    return _identity(fields, access_key_id=access_key_id, host=host)
+
+
+def _unreadable(problem: str, content_type: str) -> StsUnavailableError:
+    """A 200 we cannot read is transient (authd.md section 4): the caller may retry."""
+    kind = content_type or "no content type"
+    return StsUnavailableError(
+        f"unreadable GetCallerIdentity answer ({kind}): {problem}", status=200
+    )
+
+
+def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
+    """Arn, Account and UserId from `GetCallerIdentityResponse.GetCallerIdentityResult`."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # bad JSON or text, or absurd nesting
+        raise _unreadable(str(exc), content_type) from exc
+    result = _member(_member(document, _RESPONSE), _RESULT)
+    if not isinstance(result, dict):
+        raise _unreadable("no GetCallerIdentityResponse.GetCallerIdentityResult", content_type)
+    fields = {name: _member(result, name) for name in _FIELDS}
+    if not all(value is None or isinstance(value, str) for value in fields.values()):
+        raise _unreadable("Arn, Account and UserId must be strings", content_type)
+    return {name: value or "" for name, value in fields.items()}
+
+
+def _member(document: Any, name: str) -> Any:
+    """A JSON object's member matched ignoring case (the last match wins, as in Go); or None."""
+    if not isinstance(document, dict):
+        return None
+    found = None
+    for key, value in document.items():
+        if key.lower() == name:
+            found = value
+    return found
+
+
+def _xml_fields(body: bytes, content_type: str) -> dict[str, str]:
+    """Arn, Account and UserId from moto's `<GetCallerIdentityResponse>` XML answer."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:  # no DTDs: entity expansion is a bomb
+        raise _unreadable("XML with a document type declaration", content_type)
+    try:
+        root = ET.fromstring(body)  # noqa: S314  (no DTD, and expat >= 2.4 caps expansion)
+    except ET.ParseError as exc:
+        raise _unreadable(f"invalid XML: {exc}", content_type) from exc
+    result = _xml_child(root, _RESULT) if _local_name(root) == _RESPONSE else None
+    if result is None:
+        raise _unreadable(f"unexpected XML element <{_local_name(root)}>", content_type)
+    return {name: _xml_text(result, name) for name in _FIELDS}
+
+
+def _local_name(element: ET.Element) -> str:
+    """The lower-cased tag without its `{namespace}`."""
+    return element.tag.rpartition("}")[2].lower()
+
+
+def _xml_child(element: ET.Element, name: str) -> ET.Element | None:
+    """The first child with that local name, ignoring case; or None."""
+    return next((child for child in element if _local_name(child) == name), None)
+
+
+def _xml_text(element: ET.Element, name: str) -> str:
+    """The text of a child element, "" when absent (as missing JSON fields are)."""
+    child = _xml_child(element, name)
+    return "" if child is None else (child.text or "")
+
+
+def _identity(fields: dict[str, str], *, access_key_id: str, host: str) -> Identity:
+    """Build the Identity; role sessions split UserId into role ID and session name (E5)."""
+    try:
+        kind, canonical = canonicalize(fields["arn"])
+    except ArnError as exc:
+        raise StsRejectedError(str(exc), status=200) from exc
+    user_id, session = fields["userid"], ""
+    if kind in _ROLE_TYPES:
+        parts = user_id.split(":")
+        if len(parts) != 2:
+            quoted = json.dumps(user_id, ensure_ascii=False)
+            raise StsRejectedError(f"malformed UserID {quoted}", status=200)
+        user_id, session = parts
+    return Identity(
+        arn=fields["arn"],
+        canonical_arn=canonical,
+        account_id=fields["account"],
+        user_id=user_id,
+        session_name=session,
+        access_key_id=access_key_id,
+        sts_endpoint=host,
+    )
