@@ -87,8 +87,10 @@ class Authenticator:
         for index, cluster_id in enumerate(self._cluster_ids):
             try:
                 identity = await self._call_sts(request, cluster_id)
-            except StsRejectedError:
-                if index == len(self._cluster_ids) - 1:
+            except StsRejectedError as exc:
+                # Only a refused signature can be cured by another cluster ID; a bad ARN
+                # or UserId in a 200 answer would be the same under every ID.
+                if exc.status != 403 or index == len(self._cluster_ids) - 1:
                     raise
                 continue
             return identity

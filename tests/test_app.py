@@ -1,0 +1,260 @@
+"""The webhook's routes and outcome table, called in-process with STS behind httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from authd.config import FileConfig, MappingConfig
+from authd.mapping.chain import Backend, MapperChain
+from authd.mapping.file import MountedFileTable
+from authd.metrics import Metrics
+from authd.server.app import App
+from authd.server.authenticator import Authenticator
+from authd.server.http import Request
+from authd.sts import StsClient
+from authd.token import EndpointPolicy, encode
+
+NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
+STS = "http://127.0.0.1:9"
+CONFIG = """\
+clusterID: test-cluster
+server:
+  mapUsers:
+  - userarn: arn:aws:iam::123456789012:user/Alice
+    username: alice
+    groups: [dev]
+  reservedPrefixConfig:
+  - backendmode: MountedFile
+    usernamePrefixReserveList: ["system:"]
+  mapRoles:
+  - rolearn: arn:aws:iam::123456789012:role/Sneaky
+    username: "system:admin"
+"""
+ALICE = {
+    "GetCallerIdentityResponse": {
+        "GetCallerIdentityResult": {
+            "Arn": "arn:aws:iam::123456789012:user/Alice",
+            "Account": "123456789012",
+            "UserId": "AIDAALICE",
+        }
+    }
+}
+SIGNATURE = "ab" * 32
+
+
+def make_token(*, signed: datetime = NOW - timedelta(minutes=5), host: str = STS) -> str:
+    """A presigned-URL token for the loopback STS origin, signed at `signed`."""
+    stamp = signed.strftime("%Y%m%dT%H%M%SZ")
+    url = (
+        f"{host}/?Action=GetCallerIdentity&Version=2011-06-15"
+        "&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        f"&X-Amz-Credential=AKIAALICE%2F{stamp[:8]}%2Fus-east-1%2Fsts%2Faws4_request"
+        f"&X-Amz-Date={stamp}&X-Amz-Expires=60&X-Amz-SignedHeaders=host%3Bx-k8s-aws-id"
+        f"&X-Amz-Signature={SIGNATURE}"
+    )
+    return encode(url)
+
+
+def review_body(token: str, *, version: str = "authentication.k8s.io/v1") -> bytes:
+    """A TokenReview request body as kube-apiserver sends it."""
+    doc = {"apiVersion": version, "kind": "TokenReview", "spec": {"token": token}}
+    return json.dumps(doc).encode()
+
+
+StsHandler = Callable[[httpx.Request], httpx.Response]
+
+
+def ok_sts(identity: dict[str, object] = ALICE) -> StsHandler:
+    """An STS that answers every call with `identity`, and records what it was sent."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        handler.calls.append(request)  # type: ignore[attr-defined]
+        return httpx.Response(200, json=identity)
+
+    handler.calls = []  # type: ignore[attr-defined]
+    return handler
+
+
+def build_app(sts: StsHandler, *, cluster_ids: tuple[str, ...] = ("test-cluster",)) -> App:
+    """An App over a real authenticator, mapping table and metrics, with STS mocked."""
+    mapping = MappingConfig.from_file_config(FileConfig.from_text(CONFIG, path="config.yaml"))
+    backend = Backend(
+        "MountedFile",
+        MountedFileTable.from_config(mapping),
+        reserved_prefixes=mapping.reserved_prefixes_for("MountedFile"),
+    )
+    client = httpx.AsyncClient(transport=httpx.MockTransport(sts), follow_redirects=False)
+    metrics = Metrics(process_collector=False)
+    authenticator = Authenticator(
+        policy=EndpointPolicy.create(partition="aws", extra_origins=[STS]),
+        sts=StsClient(client),
+        chain=MapperChain([backend]),
+        cluster_ids=cluster_ids,
+        metrics=metrics,
+        clock=lambda: NOW,
+    )
+    return App(authenticator=authenticator, metrics=metrics)
+
+
+def post(body: bytes, *, method: str = "POST", path: str = "/authenticate") -> Request:
+    """A request as the HTTP layer hands it to the app."""
+    return Request(method=method, path=path, query="", headers=(), body=body, client=None)
+
+
+async def test_mapped_user_is_allowed_with_request_version() -> None:
+    """A verified, mapped identity gets 200, authenticated true, and the request's apiVersion."""
+    sts = ok_sts()
+    app = build_app(sts)
+    response = await app(post(review_body(make_token(), version="authentication.k8s.io/v1beta1")))
+    doc = json.loads(response.body)
+    assert response.status == 200
+    assert doc["apiVersion"] == "authentication.k8s.io/v1beta1"
+    assert doc["kind"] == "TokenReview"
+    assert doc["status"]["authenticated"] is True
+    assert doc["status"]["user"]["username"] == "alice"
+    assert doc["status"]["user"]["groups"] == ["dev"]
+    assert doc["status"]["user"]["uid"] == "aws-iam-authenticator:123456789012:AIDAALICE"
+    [call] = sts.calls  # type: ignore[attr-defined]
+    assert call.headers["x-k8s-aws-id"] == "test-cluster"
+
+
+@pytest.mark.parametrize(
+    ("sts_status", "sts_body", "status", "reason"),
+    [
+        (403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>", 200, "sts_rejected"),
+        (400, b"<Error><Code>Throttling</Code></Error>", 429, "throttled"),
+        (500, b"oops", 503, "sts_unavailable"),
+        (302, b"", 503, "sts_unavailable"),
+    ],
+)
+async def test_sts_outcomes_follow_the_table(
+    sts_status: int, sts_body: bytes, status: int, reason: str
+) -> None:
+    """STS refusals are cacheable 200 denials; throttling and outages retry with Retry-After."""
+    app = build_app(lambda _: httpx.Response(sts_status, content=sts_body))
+    response = await app(post(review_body(make_token())))
+    doc = json.loads(response.body)
+    assert response.status == status
+    assert doc["status"]["authenticated"] is False
+    assert doc["status"]["error"].startswith(f"{reason}: ")
+    headers = dict(response.headers)
+    assert ("retry-after" in headers) == (status != 200)
+
+
+async def test_expired_token_denied_without_calling_sts() -> None:
+    """A token past its 15 minutes is a bad_token denial and STS is never asked."""
+    sts = ok_sts()
+    app = build_app(sts)
+    token = make_token(signed=NOW - timedelta(minutes=16))
+    doc = json.loads((await app(post(review_body(token)))).body)
+    assert doc["status"]["error"].startswith("bad_token: ")
+    assert "expired" in doc["status"]["error"]
+    assert sts.calls == []  # type: ignore[attr-defined]
+
+
+async def test_foreign_host_never_reaches_the_network() -> None:
+    """A token naming a host outside the allowlist is refused locally."""
+    sts = ok_sts()
+    app = build_app(sts)
+    token = make_token(host="https://evil.example.com")
+    doc = json.loads((await app(post(review_body(token)))).body)
+    assert doc["status"]["error"].startswith("bad_token: ")
+    assert sts.calls == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("arn", "user_id", "reason"),
+    [
+        ("arn:aws:iam::123456789012:user/Bob", "AIDABOB", "not_mapped"),
+        ("arn:aws:sts::123456789012:assumed-role/Sneaky/s1", "AROASNEAKY:s1", "reserved_prefix"),
+    ],
+)
+async def test_mapping_refusals_are_cacheable_denials(arn: str, user_id: str, reason: str) -> None:
+    """An unmapped identity or a reserved username is a 200 denial naming the reason."""
+    identity = {
+        "GetCallerIdentityResponse": {
+            "GetCallerIdentityResult": {"Arn": arn, "Account": "123456789012", "UserId": user_id}
+        }
+    }
+    app = build_app(ok_sts(identity))
+    response = await app(post(review_body(make_token())))
+    assert response.status == 200
+    assert json.loads(response.body)["status"]["error"].startswith(f"{reason}: ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"apiVersion": "authentication.k8s.io/v1", "kind": "SubjectAccessReview"}',
+        b'{"apiVersion": "authentication.k8s.io/v2", "kind": "TokenReview"}',
+        b'{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": 7}}',
+    ],
+)
+async def test_malformed_requests_get_400(body: bytes) -> None:
+    """A body that is not a v1/v1beta1 TokenReview gets 400 with a reason, never a 500."""
+    response = await build_app(ok_sts())(post(body))
+    assert response.status == 400
+    assert response.body.endswith(b"\n")
+
+
+async def test_missing_token_is_a_denial() -> None:
+    """A TokenReview without a token is answered with authenticated false and bad_token."""
+    body = b'{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}}'
+    response = await build_app(ok_sts())(post(body))
+    assert response.status == 200
+    assert json.loads(response.body)["status"]["error"] == "bad_token: " + (
+        "input token was not properly formatted: token is missing"
+    )
+
+
+async def test_routes_and_methods() -> None:
+    """GET /authenticate is 405, /healthz is ok, unknown paths 404, /metrics has upstream names."""
+    app = build_app(ok_sts())
+    assert (await app(post(b"", method="GET"))).status == 405
+    health = await app(post(b"", method="GET", path="/healthz"))
+    assert (health.status, health.body) == (200, b"ok")
+    missing = await app(post(b"", method="GET", path="/nope"))
+    assert (missing.status, missing.body) == (404, b"404 page not found\n")
+    await app(post(review_body(make_token())))
+    metrics = (await app(post(b"", method="GET", path="/metrics"))).body.decode()
+    assert 'aws_iam_authenticator_authenticate_latency_seconds_count{result="success"} 1.0' in (
+        metrics
+    )
+    assert 'aws_iam_authenticator_sts_responses_total{ResponseCode="200"' in metrics
+
+
+async def test_rotation_tries_older_cluster_ids() -> None:
+    """A token signed for an older cluster ID is accepted after STS refuses the current one."""
+
+    def sts(request: httpx.Request) -> httpx.Response:
+        if request.headers["x-k8s-aws-id"] != "old-id":
+            return httpx.Response(403, content=b"<Code>SignatureDoesNotMatch</Code>")
+        return httpx.Response(200, json=ALICE)
+
+    app = build_app(sts, cluster_ids=("new-id", "old-id"))
+    doc = json.loads((await app(post(review_body(make_token())))).body)
+    assert doc["status"]["authenticated"] is True
+
+
+async def test_review_log_line_never_holds_the_token() -> None:
+    """The one log line per review names the decision and identity but not token or signature."""
+    app = build_app(ok_sts())
+    token = make_token()
+    with capture_logs() as logs:
+        await app(post(review_body(token)))
+        await app(post(review_body(token + "x")))
+    reviews = [entry for entry in logs if entry["event"] == "review"]
+    assert [entry["decision"] for entry in reviews] == ["allow", "deny"]
+    assert reviews[0]["username"] == "alice"
+    text = repr(logs)
+    assert token[20:60] not in text
+    assert SIGNATURE not in text
