@@ -1,0 +1,209 @@
+"""Parse upstream's DynamicFile JSON into an immutable mapping table (mapping.md section 4).
+
+Only parsing lives here; reading, watching and swapping the file belong to the reloader. Key
+names are matched case-insensitively, as Go's `encoding/json` does; unknown keys are ignored
+and `sso` is parsed by upstream but never used, so it is skipped.
+
+Non-strict tables are keyed by the lower-cased canonical ARN; strict tables
+(`dynamicfileUserIDStrict`) by the STS user ID, with the entry's ARN (path stripped) checked
+against the caller's canonical ARN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from authd.arn import canonicalize, strip_path
+from authd.errors import ArnError, ConfigError, NotMappedError
+from authd.identity import Identity
+from authd.mapping import Entry
+
+NAME = "DynamicFile"
+ARN_MISMATCH = "ARN does not match User ID"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Row:
+    """One entry plus, in strict mode, the ARN it must also match ("" = no ARN given)."""
+
+    entry: Entry
+    arn: str = ""
+
+
+def _fields(value: object, where: str) -> dict[str, Any]:
+    """A JSON object as a dict with lower-cased keys (the last spelling wins)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+    return {str(k).lower(): v for k, v in value.items()}
+
+
+def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """A string member; JSON null or absence is the empty string, as in Go."""
+    value = obj.get(key.lower())
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: expected a string, got {json.dumps(value)}")
+    return value
+
+
+def _strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """A list-of-strings member; null or absence is empty."""
+    value = obj.get(key.lower())
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _entries(top: Mapping[str, Any], key: str, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of one top-level list, each with its key path for messages."""
+    value = top.get(key.lower())
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {key}: expected a list")
+    return [(f"{key}[{i}]", _fields(item, f"{where}: {key}[{i}]")) for i, item in enumerate(value)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DynamicFileTable:
+    """An immutable snapshot of one DynamicFile version. Build with `from_bytes`."""
+
+    roles: Mapping[str, _Row]
+    users: Mapping[str, _Row]
+    accounts: frozenset[str]
+    userid_strict: bool
+    version: str = ""
+    last_updated: str = ""
+    path: str = ""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, path: str, userid_strict: bool) -> DynamicFileTable:
+        """Parse one version of the file; any problem rejects the whole file.
+
+        Raises:
+            ConfigError: invalid JSON, a wrong type, or an entry without its key
+                (`value for rolearn or userid(if dynamicfileUserIDStrict = true) must be
+                supplied`, likewise `userarn`); every message starts with `path`.
+        """
+        try:
+            document = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: could not unmarshal dynamic file: {exc}") from exc
+        top = _fields(document, path)
+        warnings: list[str] = []
+        problems: list[str] = []
+        roles = cls._index(
+            top,
+            "mapRoles",
+            arn_key="rolearn",
+            path=path,
+            strict=userid_strict,
+            problems=problems,
+            warnings=warnings,
+        )
+        users = cls._index(
+            top,
+            "mapUsers",
+            arn_key="userarn",
+            path=path,
+            strict=userid_strict,
+            problems=problems,
+            warnings=warnings,
+        )
+        accounts = top.get("mapaccounts") or []
+        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+            problems.append("mapAccounts: expected a list of strings")
+        if problems:
+            raise ConfigError(f"{path}: error parsing dynamic file: " + "; ".join(problems))
+        return cls(
+            roles=MappingProxyType(roles),
+            users=MappingProxyType(users),
+            accounts=frozenset(accounts),
+            userid_strict=userid_strict,
+            version=_string(top, "Version", path),
+            last_updated=_string(top, "LastUpdatedDateTime", path),
+            path=path,
+            warnings=tuple(warnings),
+        )
+
+    @staticmethod
+    def _index(
+        top: Mapping[str, Any],
+        section: str,
+        *,
+        arn_key: str,
+        path: str,
+        strict: bool,
+        problems: list[str],
+        warnings: list[str],
+    ) -> dict[str, _Row]:
+        """Key one section's entries by user ID (strict) or canonical lower-cased ARN."""
+        rows: dict[str, _Row] = {}
+        for where, obj in _entries(top, section, path):
+            arn = _string(obj, arn_key, f"{path}: {where}")
+            userid = _string(obj, "userid", f"{path}: {where}")
+            entry = Entry(
+                username=_string(obj, "username", f"{path}: {where}"),
+                groups=_strings(obj, "groups", f"{path}: {where}"),
+            )
+            key = userid if strict else arn
+            if not key:
+                problems.append(
+                    f"{where}: value for {arn_key} or userid(if dynamicfileUserIDStrict = true) "
+                    "must be supplied"
+                )
+                continue
+            if strict:
+                rows[key] = _Row(entry=entry, arn=arn)
+                continue
+            try:
+                _, canonical = canonicalize(arn.lower())
+            except ArnError as exc:
+                # Upstream keys such an entry by "", where nothing can find it.
+                warnings.append(f"{path}: {where}.{arn_key}: {exc}; entry never matches")
+                continue
+            rows[canonical] = _Row(entry=entry)
+        return rows
+
+    def lookup(self, identity: Identity) -> Entry | None:
+        """Return the entry for the identity (roles, then users), or None.
+
+        Raises:
+            NotMappedError: strict mode found the user ID but the entry's ARN is another
+                principal's (`ARN does not match User ID`).
+        """
+        canonical = identity.canonical_arn.lower()
+        key = identity.user_id if self.userid_strict else canonical
+        row = self.roles.get(key) or self.users.get(key)
+        if row is None:
+            return None
+        if self.userid_strict and row.arn and not _same_principal(row.arn, canonical):
+            raise NotMappedError(ARN_MISMATCH)
+        return row.entry
+
+    def is_account_allowed(self, account_id: str) -> bool:
+        """True when the file's `mapAccounts` lists the account."""
+        return account_id in self.accounts
+
+
+def _same_principal(mapping_arn: str, canonical_lower: str) -> bool:
+    """Compare a strict entry's ARN, path stripped, with the caller's canonical ARN.
+
+    An ARN that cannot be parsed never matches (upstream skips the check then; failing
+    closed keeps a typo from turning the ARN check off).
+    """
+    try:
+        stripped = strip_path(mapping_arn)
+    except ArnError:
+        return False
+    return stripped.lower() == canonical_lower

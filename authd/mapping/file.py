@@ -1,0 +1,74 @@
+"""The MountedFile backend's table: mappings from the server config file (mapping.md section 2).
+
+Lookups are dictionary hits on the lower-cased canonical ARN: roles first, then SSO
+permission-set patterns (only with the `SSORoleMatch` gate), then users. Duplicate ARNs: the
+last entry wins, as upstream's map assignment does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from authd.config import MappingConfig
+from authd.identity import Identity
+from authd.mapping import Entry
+
+NAME = "MountedFile"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MountedFileTable:
+    """An immutable snapshot of the MountedFile mappings. Build with `from_config`.
+
+    `sso` maps `arn:<partition>:iam::<account>:` to `(role-name prefix, entry)` pairs, so an SSO
+    lookup only scans the patterns of the caller's own account.
+    """
+
+    roles: Mapping[str, Entry]
+    sso: Mapping[str, tuple[tuple[str, Entry], ...]]
+    users: Mapping[str, Entry]
+    accounts: frozenset[str]
+
+    @classmethod
+    def from_config(
+        cls, config: MappingConfig, *, sso_role_match: bool = False
+    ) -> MountedFileTable:
+        """Index validated mappings; SSO entries are kept only when `sso_role_match` is on."""
+        roles: dict[str, Entry] = {}
+        sso: dict[str, dict[str, Entry]] = {}
+        for role in config.map_roles:
+            entry = Entry(username=role.username, groups=role.groups)
+            if role.rolearn:
+                roles[role.rolearn.lower()] = entry
+            elif role.sso is not None and sso_role_match:
+                prefix = role.sso.arn_prefix()
+                head, _, resource = prefix.rpartition(":")
+                sso.setdefault(head + ":", {})[resource] = entry
+        users = {u.userarn: Entry(username=u.username, groups=u.groups) for u in config.map_users}
+        return cls(
+            roles=MappingProxyType(roles),
+            sso=MappingProxyType({k: tuple(v.items()) for k, v in sso.items()}),
+            users=MappingProxyType(users),
+            accounts=frozenset(config.map_accounts),
+        )
+
+    def lookup(self, identity: Identity) -> Entry | None:
+        """Return the entry for the identity's canonical ARN (case-insensitive), or None."""
+        key = identity.canonical_arn.lower()
+        entry = self.roles.get(key)
+        if entry is not None:
+            return entry
+        if self.sso:
+            # The resource is everything after the fifth colon (arn.md R2).
+            fields = key.split(":", 5)
+            head, resource = ":".join(fields[:5]) + ":", fields[-1]
+            for prefix, candidate in self.sso.get(head, ()):
+                if resource.startswith(prefix):
+                    return candidate
+        return self.users.get(key)
+
+    def is_account_allowed(self, account_id: str) -> bool:
+        """True when `mapAccounts` lists the account (exact text match)."""
+        return account_id in self.accounts
