@@ -1,0 +1,1 @@
+"""The TokenReview webhook server: wire format, HTTP layer, TLS material, kubeconfig, daemon."""

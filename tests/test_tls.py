@@ -1,0 +1,293 @@
+"""Tests for authd.server.tls: upstream's certificate, reuse of existing pairs, TLS context."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import stat
+import warnings
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from authd.errors import ConfigError
+from authd.server.tls import KeyPair, load_or_create_keypair, server_ssl_context
+
+ANY_V4 = "0.0.0.0"  # noqa: S104 - the unspecified listen address is a case under test
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _sans(pair: KeyPair) -> tuple[set[str], set[str]]:
+    cert = x509.load_pem_x509_certificate(pair.cert_pem)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = set(san.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return dns, ips
+
+
+async def _handshake(
+    pair: KeyPair, *, cadata: str, server_hostname: str, alpn: list[str]
+) -> tuple[str | None, str | None]:
+    """Run a real TLS handshake over an in-memory pipe; returns the ALPN choice and version."""
+    client_ctx = ssl.create_default_context(cadata=cadata)
+    client_ctx.set_alpn_protocols(alpn)
+    left, right = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(left, server_ssl_context(pair), server_side=True)
+    client = trio.SSLStream(right, client_ctx, server_hostname=server_hostname)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    return client.selected_alpn_protocol(), client.version()
+
+
+def test_new_pair_follows_upstream(tmp_path: Path) -> None:
+    """A generated pair has upstream's key format, modes, subject, lifetime and extensions."""
+    state = tmp_path / "state"
+    now = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    pair = load_or_create_keypair(state, address="127.0.0.1", hostname="localhost", now=now)
+    assert pair.generated is True
+    assert pair.cert_path == state / "cert.pem"
+    assert pair.key_path == state / "key.pem"
+    assert _mode(state) == 0o700
+    assert _mode(pair.key_path) == 0o600
+    assert _mode(pair.cert_path) == 0o644
+    assert pair.key_path.read_bytes() == pair.key_pem
+    assert pair.key_pem.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
+    assert pair.cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n")
+    key = serialization.load_pem_private_key(pair.key_pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.key_size == 2048
+
+    cert = x509.load_pem_x509_certificate(pair.cert_pem)
+    cn = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    assert cn == ["aws-iam-authenticator"]
+    assert cert.issuer == cert.subject
+    assert 0 < cert.serial_number < 2**128
+    assert cert.not_valid_before_utc == now
+    assert cert.not_valid_after_utc - now == datetime.timedelta(hours=876000)
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length is None
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.key_encipherment and usage.key_cert_sign
+    assert not usage.crl_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    cert.verify_directly_issued_by(cert)  # self-signed by its own key
+    assert _sans(pair) == ({"localhost"}, {"127.0.0.1", "::1"})
+
+
+@pytest.mark.parametrize(
+    ("address", "hostname", "dns", "ips"),
+    [
+        (ANY_V4, "auth.example.com", {"auth.example.com", "localhost"}, {"127.0.0.1", "::1"}),
+        ("::", "localhost", {"localhost"}, {"127.0.0.1", "::1"}),
+        ("10.0.0.5", "10.0.0.6", {"localhost"}, {"10.0.0.5", "10.0.0.6", "127.0.0.1", "::1"}),
+        ("10.0.0.5", "10.0.0.5", {"localhost"}, {"10.0.0.5", "127.0.0.1", "::1"}),
+        ("", "fd00::1", {"localhost"}, {"fd00::1", "127.0.0.1", "::1"}),
+        ("127.0.0.1", "[fd00::2]", {"localhost"}, {"fd00::2", "127.0.0.1", "::1"}),
+    ],
+)
+def test_subject_alt_names_follow_address_and_hostname(
+    tmp_path: Path, address: str, hostname: str, dns: set[str], ips: set[str]
+) -> None:
+    """SANs follow upstream's address/hostname rules, plus localhost, 127.0.0.1 and ::1."""
+    pair = load_or_create_keypair(tmp_path, address=address, hostname=hostname)
+    assert _sans(pair) == (dns, ips)
+
+
+def test_address_that_is_not_an_ip_is_refused(tmp_path: Path) -> None:
+    """A listen address that is not an IP literal is a clear error and writes nothing."""
+    with pytest.raises(ConfigError, match="not an IP address"):
+        load_or_create_keypair(tmp_path / "s", address="example.com", hostname="localhost")
+    assert not (tmp_path / "s").exists()
+
+
+def test_existing_pair_is_reused_untouched(tmp_path: Path) -> None:
+    """A second start loads the same pair and does not rewrite either file."""
+    first = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    stamps = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (first.cert_path, first.key_path)]
+    second = load_or_create_keypair(tmp_path, address="10.1.1.1", hostname="other.example")
+    assert second.generated is False
+    assert (second.cert_pem, second.key_pem) == (first.cert_pem, first.key_pem)
+    after = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (first.cert_path, first.key_path)]
+    assert after == stamps
+
+
+def test_missing_cert_regenerates_both_files(tmp_path: Path) -> None:
+    """With only key.pem present, a new pair replaces it (upstream: either missing = new)."""
+    first = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    first.cert_path.unlink()
+    second = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    assert second.generated is True
+    assert second.key_pem != first.key_pem
+    assert second.key_path.read_bytes() == second.key_pem
+    assert second.cert_path.read_bytes() == second.cert_pem
+
+
+def _ca_signed_pair(directory: Path) -> tuple[bytes, bytes, bytes]:
+    """Write a nodeup-style pair: leaf + CA chain in cert.pem, PKCS#8 EC key in key.pem."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aws-iam-auth")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    cert_pem = leaf.public_bytes(pem) + ca.public_bytes(pem)
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(key_pem)
+    return cert_pem, key_pem, ca.public_bytes(pem)
+
+
+async def test_ca_signed_pkcs8_pair_from_nodeup_is_served(tmp_path: Path) -> None:
+    """A CA-signed chain with a PKCS#8 key is loaded as is and verifies against its CA."""
+    cert_pem, key_pem, ca_pem = _ca_signed_pair(tmp_path)
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    assert (pair.generated, pair.cert_pem, pair.key_pem) == (False, cert_pem, key_pem)
+    alpn, _ = await _handshake(
+        pair, cadata=ca_pem.decode(), server_hostname="localhost", alpn=["http/1.1"]
+    )
+    assert alpn == "http/1.1"
+
+
+@pytest.mark.parametrize(
+    ("which", "content", "message"),
+    [
+        (
+            "key.pem",
+            b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            "key",
+        ),
+        ("cert.pem", b"not a certificate\n", "not a PEM certificate"),
+        ("key.pem", None, "does not match"),
+        ("key.pem", "encrypted", "not an unencrypted PEM private key"),
+    ],
+)
+def test_unusable_existing_pair_is_an_error_not_a_regeneration(
+    tmp_path: Path, which: str, content: bytes | str | None, message: str
+) -> None:
+    """A pair that does not parse or match is reported with its path and left unchanged."""
+    load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    target = tmp_path / which
+    if content is None:  # a valid key that belongs to another certificate
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        content = other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    elif content == "encrypted":
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        content = other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+    assert isinstance(content, bytes)
+    target.write_bytes(content)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match=message) as info:
+        load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    assert str(target) in str(info.value)
+    assert str(info.value).startswith("could not load/generate a certificate: ")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A state dir path that is a file gives a ConfigError naming it."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(ConfigError, match="could not load/generate a certificate"):
+        load_or_create_keypair(blocker, address="127.0.0.1", hostname="localhost")
+
+
+async def test_context_offers_only_http11_and_verifies_for_ip_and_name(tmp_path: Path) -> None:
+    """The server picks http/1.1 over h2, needs TLS 1.2+, and its cert verifies by IP and name."""
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    assert server_ssl_context(pair).minimum_version == ssl.TLSVersion.TLSv1_2
+    for name in ("localhost", "127.0.0.1", "::1"):
+        alpn, version = await _handshake(
+            pair, cadata=pair.cert_pem.decode(), server_hostname=name, alpn=["h2", "http/1.1"]
+        )
+        assert alpn == "http/1.1"
+        assert version in ("TLSv1.2", "TLSv1.3")
+
+
+async def test_client_capped_below_tls12_is_refused(tmp_path: Path) -> None:
+    """A client that only speaks TLS 1.1 cannot complete a handshake."""
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    client_ctx = ssl.create_default_context(cadata=pair.cert_pem.decode())
+    try:
+        with warnings.catch_warnings():
+            # Deliberately configuring the deprecated protocol the server must refuse.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client_ctx.minimum_version = ssl.TLSVersion.TLSv1
+            client_ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        # OpenSSL 3 refuses TLS 1.1 at its default security level even as a client.
+        client_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError) as exc:
+        pytest.skip(f"this OpenSSL cannot even configure a TLS 1.1 client: {exc}")
+    left, right = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(left, server_ssl_context(pair), server_side=True)
+    client = trio.SSLStream(right, client_ctx, server_hostname="localhost")
+    failed: list[str] = []
+
+    async def handshake(side: str, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError:
+            failed.append(side)
+            await stream.transport_stream.aclose()  # let the other side see the end
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handshake, "server", server)
+            nursery.start_soon(handshake, "client", client)
+    assert "server" in failed
+
+
+def test_context_load_failure_is_a_config_error(tmp_path: Path) -> None:
+    """A KeyPair whose files vanished gives a ConfigError, not an ssl traceback."""
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    pair.key_path.unlink()
+    with pytest.raises(ConfigError, match=str(pair.key_path)):
+        server_ssl_context(pair)
