@@ -1,0 +1,316 @@
+"""authd's Prometheus metrics: one object owning its registry, methods named for what happened.
+
+Upstream's series keep their exact names, types, labels, buckets and help strings (metrics.md) so
+existing dashboards and alerts keep working. authd's own series use the `authd_` prefix, label
+`backend` where per backend and `reason` where per review outcome (authd.md sections 4 and 6).
+Series that a dashboard should see at zero from the start (upstream's unlabeled counters and
+gauges, and authd's decision/reason pairs) are created up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+__all__ = [
+    "BACKENDS",
+    "DECISION_OF_REASON",
+    "UPSTREAM_RESULT",
+    "Metrics",
+    "sts_region_label",
+]
+
+NAMESPACE = "aws_iam_authenticator"
+
+# Go client's prometheus.DefBuckets (Python's defaults differ: they add .075, .75 and 7.5).
+GO_DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (1.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0)
+# Reviews are answered from cache in microseconds and by STS in tens of milliseconds.
+REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
+NO_BACKEND = "none"
+
+# Each review outcome's reason code (authd.md section 4) and the decision it leads to; "ok" is
+# the reason of an allowed review.
+DECISION_OF_REASON = {
+    "ok": "allow",
+    "bad_request": "deny",
+    "bad_token": "deny",
+    "sts_rejected": "deny",
+    "not_mapped": "deny",
+    "reserved_prefix": "deny",
+    "template_error": "deny",
+    "throttled": "retry",
+    "sts_unavailable": "retry",
+}
+
+# The `result` label upstream would give the same outcome (metrics.md; "uknown_user" is
+# upstream's spelling).
+UPSTREAM_RESULT = {
+    "ok": "success",
+    "bad_request": "malformed_request",
+    "bad_token": "invalid_token",
+    "sts_rejected": "sts_error",
+    "sts_unavailable": "sts_error",
+    "throttled": "sts_throttling",
+    "not_mapped": "uknown_user",
+    "reserved_prefix": "uknown_user",
+    "template_error": "uknown_user",
+}
+
+
+def sts_region_label(host: str) -> str:
+    """The `StsRegion` label for an STS host: `global` for sts.amazonaws.com, else its region.
+
+    `sts.us-west-2.amazonaws.com` -> `us-west-2`; a host with a port keeps only the name.
+    """
+    name = host.rpartition("@")[2].split(":", 1)[0].lower()
+    if name == "sts.amazonaws.com":
+        return "global"
+    labels = name.split(".")
+    return labels[1] if len(labels) > 1 else name
+
+
+class Metrics:
+    """Every metric authd exports, registered in a registry of its own.
+
+    Attributes are the collectors themselves, for callers that need something no method
+    offers; prefer the methods, which keep label values consistent.
+    """
+
+    def __init__(self, *, process_collector: bool = True) -> None:
+        """Create the registry and every series.
+
+        Args:
+            process_collector: also export `process_*` (CPU, memory, fds) and `python_*` runtime
+                metrics, authd's stand-in for upstream's Go collectors.
+        """
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        ns = NAMESPACE
+        # --- upstream (metrics.md) ---
+        self.authenticate_latency = Histogram(
+            "authenticate_latency_seconds",
+            "Authenticate call latency",
+            ["result"],
+            namespace=ns,
+            buckets=GO_DEFAULT_BUCKETS,
+            registry=reg,
+        )
+        self.sts_responses = Counter(
+            "sts_responses_total",
+            "Sts responses with error code label",
+            ["ResponseCode", "StsRegion"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.sts_connection_failures = Counter(
+            "sts_connection_failures_total",
+            "Sts call could not succeed or timedout",
+            ["StsRegion"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.sts_throttling = Counter(
+            "sts_throttling_total",
+            "Sts call got throttled",
+            ["StsRegion"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.ec2_describe_instances_calls = Counter(
+            "ec2_describe_instances_calls_total",
+            "Number of EC2 describe instances calls.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.configmap_watch_failures = Counter(
+            "configmap_watch_failures_total",
+            "EKS Configmap watch failures",
+            namespace=ns,
+            registry=reg,
+        )
+        self.dynamicfile_failures = Counter(
+            "dynamicfile_failures_total", "Dynamic file failures", namespace=ns, registry=reg
+        )
+        self.dynamic_e2e_latency = Histogram(
+            "dynamic_e2e_latency_seconds",
+            "End to end latency in seconds partitioned by type.",
+            ["type"],
+            namespace=ns,
+            buckets=E2E_BUCKETS,
+            registry=reg,
+        )
+        self.dynamic_file_enabled = Gauge(
+            "dynamic_file_enabled",
+            "Dynamic file in backend mode is enabled",
+            namespace=ns,
+            registry=reg,
+        )
+        self.dynamic_file_only = Gauge(
+            "dynamic_file_only",
+            "Only dynamic file in backend mode is enabled",
+            namespace=ns,
+            registry=reg,
+        )
+        # --- authd's own (authd.md section 6) ---
+        self.reviews = Counter(
+            "authd_reviews_total",
+            "TokenReviews answered, by decision (allow, deny, retry) and reason code.",
+            ["decision", "reason"],
+            registry=reg,
+        )
+        self.review_latency = Histogram(
+            "authd_review_latency_seconds",
+            "Seconds from request to answer of a TokenReview, by mapping backend and decision.",
+            ["backend", "decision"],
+            buckets=REVIEW_BUCKETS,
+            registry=reg,
+        )
+        self.backend_errors = Counter(
+            "authd_backend_errors_total",
+            "Errors of a mapping backend (lookup failures, unreadable sources).",
+            ["backend"],
+            registry=reg,
+        )
+        self.reloads = Counter(
+            "authd_reloads_total",
+            "Reloads of a watched source (config file, DynamicFile, backend mode), by result.",
+            ["source", "result"],
+            registry=reg,
+        )
+        for reason, decision in DECISION_OF_REASON.items():
+            self.reviews.labels(decision=decision, reason=reason)
+        for backend in BACKENDS:
+            self.backend_errors.labels(backend=backend)
+        if process_collector:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
+
+    # --- reviews ---
+
+    def observe_review(
+        self,
+        *,
+        reason: str,
+        seconds: float,
+        backend: str | None = None,
+        decision: str | None = None,
+        result: str | None = None,
+    ) -> None:
+        """Count one answered TokenReview and its latency, in upstream's and authd's series.
+
+        Args:
+            reason: the outcome's reason code (authd.md section 4), "ok" when allowed.
+            seconds: time from request start to answer.
+            backend: the mapping backend that decided, or None when mapping was not reached.
+            decision: allow, deny or retry; derived from `reason` when None.
+            result: upstream's `result` label; derived from `reason` when None.
+
+        Raises:
+            ValueError: an unknown reason with no explicit decision and result.
+        """
+        decision = decision or DECISION_OF_REASON[reason]
+        result = result or UPSTREAM_RESULT[reason]
+        self.authenticate_latency.labels(result=result).observe(seconds)
+        self.reviews.labels(decision=decision, reason=reason).inc()
+        self.review_latency.labels(backend=backend or NO_BACKEND, decision=decision).observe(
+            seconds
+        )
+
+    # --- STS ---
+
+    def sts_response(self, code: int, region: str) -> None:
+        """STS answered GetCallerIdentity with HTTP status `code` (any status)."""
+        self.sts_responses.labels(ResponseCode=str(code), StsRegion=region).inc()
+
+    def sts_connection_failure(self, region: str) -> None:
+        """An STS call got no answer: connection error or timeout."""
+        self.sts_connection_failures.labels(StsRegion=region).inc()
+
+    def sts_throttled(self, region: str) -> None:
+        """STS answered non-200 with `Throttling` in the body."""
+        self.sts_throttling.labels(StsRegion=region).inc()
+
+    # --- mapping backends and reloads ---
+
+    def ec2_describe_instances_call(self) -> None:
+        """One ec2:DescribeInstances call (single or batched) was made."""
+        self.ec2_describe_instances_calls.inc()
+
+    def configmap_watch_failure(self) -> None:
+        """The EKSConfigMap backend failed to (re)establish its watch on kube-system/aws-auth."""
+        self.configmap_watch_failures.inc()
+
+    def dynamicfile_failure(self) -> None:
+        """A dynamic file watcher could not be created, or reported an error."""
+        self.dynamicfile_failures.inc()
+
+    def dynamic_reload_latency(self, kind: str, seconds: float) -> None:
+        """A dynamic file reload took effect `seconds` after its `LastUpdatedDateTime`.
+
+        Args:
+            kind: `dynamic_file` or `dynamic_backend_mode`.
+            seconds: now minus the file's timestamp; the caller skips future timestamps.
+        """
+        self.dynamic_e2e_latency.labels(type=kind).observe(seconds)
+
+    def dynamic_file_mode(self, modes: Sequence[str]) -> None:
+        """The dynamic backend-mode file switched the chain to `modes` (gauges never reset)."""
+        if "DynamicFile" not in modes:
+            return
+        if len(modes) == 1:
+            self.dynamic_file_only.set(1)
+        else:
+            self.dynamic_file_enabled.set(1)
+
+    def backend_error(self, backend: str) -> None:
+        """A mapping backend failed to answer or to load its source."""
+        self.backend_errors.labels(backend=backend).inc()
+
+    def reload(self, source: str, *, ok: bool) -> None:
+        """A watched source was reloaded (`ok`) or its new version was rejected."""
+        self.reloads.labels(source=source, result="ok" if ok else "error").inc()
+
+    # --- exposition ---
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (format 0.0.4) and its Content-Type.
+
+        `*_created` samples are left out: upstream's Go client has none, and scrapers that
+        do not expect them would store them as extra series.
+        """
+        return generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE_PLAIN_0_0_4
+
+
+class _WithoutCreated(Collector):
+    """A registry view whose families carry no `_created` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """The registry's families, each filtered (they are fresh copies, safe to change)."""
+        for family in self._registry.collect():
+            family.samples = _drop_created(family.samples)
+            yield family
+
+
+def _drop_created(samples: Iterable[Sample]) -> list[Sample]:
+    """`samples` without those named `*_created`."""
+    return [s for s in samples if not s.name.endswith("_created")]
