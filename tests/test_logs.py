@@ -1,0 +1,164 @@
+"""Tests for authd.logs: level names, formats, and that secrets never reach the output."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from authd import logs
+from authd.errors import ConfigError
+
+TOKEN = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9uPUdldENhbGxlcklkZW50aXR5"
+SIGNATURE = "5f2c0e3b8a7d9f1e4c6b2a0d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f"
+SECURITY_TOKEN = "FwoGZXIvYXdzEJr//////////wEaDNc8oSecurityTokenValue"
+URL = (
+    "https://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"
+    "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20240101%2Fus-east-1"
+    f"&X-Amz-Security-Token={SECURITY_TOKEN}&X-Amz-Signature={SIGNATURE}"
+)
+SECRETS = (TOKEN.removeprefix("k8s-aws-v1."), SIGNATURE, SECURITY_TOKEN)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put structlog and the root logger back as they were after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [
+        ("panic", logging.CRITICAL),
+        ("fatal", logging.CRITICAL),
+        ("error", logging.ERROR),
+        ("warning", logging.WARNING),
+        ("warn", logging.WARNING),
+        ("info", logging.INFO),
+        ("debug", logging.DEBUG),
+        ("trace", logging.DEBUG),
+        ("INFO", logging.INFO),
+    ],
+)
+def test_upstream_level_names_map_to_python_levels(name: str, level: int) -> None:
+    """Each logrus level name (any case) maps onto the matching Python level."""
+    assert logs.parse_level(name) == level
+
+
+def test_invalid_level_has_upstreams_message() -> None:
+    """An unknown level is refused with upstream's exact text."""
+    with pytest.raises(ConfigError) as info:
+        logs.configure(fmt="json", level="loud")
+    assert str(info.value) == (
+        'Invalid log level "loud". Valid values are: '
+        "panic, fatal, error, warning, info, debug, trace"
+    )
+
+
+def test_capture_logs_with_authd_processors_shows_no_secret() -> None:
+    """Through authd's processor chain, tokens, signatures and secret fields are redacted."""
+    logs.configure(fmt="json", level="debug", stream=io.StringIO())
+    log = structlog.get_logger()
+    with capture_logs(processors=logs.processors()) as captured:
+        log.warning(f"access denied for {TOKEN}", token=TOKEN, url=URL, arn="arn:aws:iam::1:role/r")
+        log.info("review", headers={"X-Amz-Security-Token": SECURITY_TOKEN}, items=[TOKEN])
+        log.info("keys", secret_access_key="abc123", signature=SIGNATURE, accesskeyid="AKID")
+    rendered = repr(captured)
+    for secret in SECRETS:
+        assert secret not in rendered
+    assert "abc123" not in rendered
+    first, second, third = captured
+    assert first["token"] == logs.REDACTED
+    assert first["event"] == f"access denied for k8s-aws-v1.{logs.REDACTED}"
+    assert "Action=GetCallerIdentity" in first["url"]  # the rest of the URL stays readable
+    assert first["arn"] == "arn:aws:iam::1:role/r"
+    assert second["headers"] == {"X-Amz-Security-Token": logs.REDACTED}
+    assert third["accesskeyid"] == "AKID"  # upstream logs the access key ID on purpose
+
+
+def test_exception_text_is_redacted() -> None:
+    """A traceback whose message holds a token is rendered without it."""
+    out = io.StringIO()
+    logs.configure(fmt="json", level="info", stream=out)
+    try:
+        raise ValueError(f"bad token {TOKEN} at {URL}")
+    except ValueError:
+        structlog.get_logger().exception("failed")
+    line = json.loads(out.getvalue())
+    assert "ValueError: bad token k8s-aws-v1.[REDACTED]" in line["exception"]
+    for secret in SECRETS:
+        assert secret not in out.getvalue()
+
+
+def test_stdlib_records_go_through_redaction_in_text_format() -> None:
+    """A library logging through `logging` gets the same redaction and the text format."""
+    out = io.StringIO()
+    logs.configure(fmt="text", level="info", stream=out)
+    logging.getLogger("botocore.endpoint").warning("sending %s", URL)
+    structlog.get_logger().info("hello", n=1)
+    text = out.getvalue()
+    for secret in SECRETS:
+        assert secret not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("timestamp=")
+    assert "level=warning" in lines[0]
+    assert "X-Amz-Signature=[REDACTED]" in lines[0]
+    assert "level=info event=hello n=1" in lines[1]
+
+
+def test_level_filters_and_chatty_libraries_wait_for_trace() -> None:
+    """At debug, authd's debug lines show but botocore's need `trace`."""
+    out = io.StringIO()
+    logs.configure(fmt="json", level="debug", stream=out)
+    structlog.get_logger().debug("mine")
+    logging.getLogger("botocore").debug("theirs")
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["mine"]
+    out = io.StringIO()
+    logs.configure(fmt="json", level="trace", stream=out)
+    logging.getLogger("botocore").debug("theirs")
+    out2 = io.StringIO()
+    logs.configure(fmt="json", level="error", stream=out2)
+    structlog.get_logger().warning("hidden")
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["theirs"]
+    assert out2.getvalue() == ""
+
+
+def test_unknown_format_warns_like_upstream_and_uses_text() -> None:
+    """An unknown format logs upstream's warning, rendered as text."""
+    out = io.StringIO()
+    logs.configure(fmt="yaml", level="info", stream=out)
+    line = out.getvalue().strip()
+    assert line.startswith("timestamp=")
+    assert "Unknown log format specified (yaml), will use default text formatter instead." in line
+
+
+def test_real_process_stderr_never_shows_a_token() -> None:
+    """A real process configured by `configure` writes JSON lines to stderr without secrets."""
+    code = (
+        "import logging, structlog\n"
+        "from authd import logs\n"
+        "logs.configure(fmt='json', level='info')\n"
+        f"structlog.get_logger().warning('denied', token={TOKEN!r}, url={URL!r})\n"
+        f"logging.getLogger('httpx').warning('GET %s', {URL!r})\n"
+        f"structlog.get_logger().info('seen ' + {TOKEN!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == ""
+    lines = [json.loads(x) for x in result.stderr.splitlines()]
+    assert [x["event"].split(" ")[0] for x in lines] == ["denied", "GET", "seen"]
+    for secret in SECRETS:
+        assert secret not in result.stderr
