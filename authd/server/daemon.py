@@ -163,31 +163,38 @@ async def run_server(
             metrics=metrics,
         )
         app = App(authenticator=authenticator, metrics=metrics, ready=backends.readiness)
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_handle_signals, shutdown, backends, nursery.cancel_scope)
-            serve = partial(
-                serve_https,
-                app,
-                ssl_context=ssl_context,
-                host=settings.address,
-                port=settings.port,
-                limits=limits or Limits(),
-                shutdown=shutdown,
-            )
-            bound: tuple[str, int] = await nursery.start(serve)
-            if settings.health_address:
-                await nursery.start(_serve_health, settings.health_address, app, shutdown)
-            log.info("listening", address=f"{bound[0]}:{bound[1]}", region=region)
-            if not settings.kubeconfig_pregenerated:
-                log.info(
-                    "reconfigure your apiserver with "
-                    f"`--authentication-token-webhook-config-file={settings.generate_kubeconfig}`"
-                    " to enable (assuming default hostPath mounts)"
-                )
-            task_status.started(bound)
-            await shutdown.wait()
+        shutdown, hard_stop = trio.Event(), trio.CancelScope()
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_handle_signals, shutdown, backends, hard_stop)
+            with hard_stop:
+                async with trio.open_nursery() as servers:
+                    serve = partial(
+                        serve_https,
+                        app,
+                        ssl_context=ssl_context,
+                        host=settings.address,
+                        port=settings.port,
+                        limits=limits or Limits(),
+                        shutdown=shutdown,
+                    )
+                    bound: tuple[str, int] = await servers.start(serve)
+                    if settings.health_address:
+                        await servers.start(_serve_health, settings.health_address, app, shutdown)
+                    _log_listening(settings, bound, region)
+                    task_status.started(bound)
+            # The listeners returned: shutdown was asked for and in-flight reviews are done.
+            outer.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _log_listening(settings: ServerSettings, bound: tuple[str, int], region: str) -> None:
+    log.info("listening", address=f"{bound[0]}:{bound[1]}", region=region)
+    if not settings.kubeconfig_pregenerated:
+        log.info(
+            "reconfigure your apiserver with "
+            f"`--authentication-token-webhook-config-file={settings.generate_kubeconfig}`"
+            " to enable (assuming default hostPath mounts)"
+        )
 
 
 async def _serve_health(

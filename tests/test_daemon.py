@@ -1,0 +1,227 @@
+"""The real `authd server` process: start-up, state files, signals, bad input, kops flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.daemon import Daemon, base_env
+
+CONFIG = """\
+clusterID: daemon-test
+server:
+  mapUsers:
+  - userarn: arn:aws:iam::123456789012:user/alice
+    username: alice
+    groups: [dev]
+"""
+BROKEN = """\
+clusterID: daemon-test
+server:
+  mapRoles:
+  - rolearn: not-an-arn
+    username: x
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A valid MountedFile config."""
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, config: Path) -> Iterator[Daemon]:
+    """A running daemon on the valid config, stopped after the test."""
+    proc = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    proc.wait_for("listening")
+    yield proc
+    proc.stop()
+
+
+def review(token: object) -> dict[str, object]:
+    """A TokenReview request document."""
+    return {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token},
+    }
+
+
+def test_state_files_are_written_safely(daemon: Daemon) -> None:
+    """Start-up writes a 0600 key, a certificate, and upstream's webhook kubeconfig."""
+    state = daemon.state / "state"
+    assert stat.S_IMODE((state / "key.pem").stat().st_mode) == 0o600
+    assert (state / "cert.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    doc = yaml.safe_load(daemon.kubeconfig.read_text())
+    cluster = doc["clusters"][0]["cluster"]
+    assert cluster["server"] == f"https://localhost:{daemon.port}/authenticate"
+    assert doc["current-context"] == "webhook"
+
+
+def test_existing_keypair_is_reused(tmp_path: Path, config: Path) -> None:
+    """A second start reuses cert.pem and key.pem byte for byte."""
+    first = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    first.wait_for("listening")
+    assert first.stop() == 0
+    cert = (tmp_path / "state" / "cert.pem").read_bytes()
+    second = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    second.wait_for("listening")
+    assert second.stop() == 0
+    assert (tmp_path / "state" / "cert.pem").read_bytes() == cert
+    assert second.events("loaded existing keypair")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_reaches_the_webhook_with_the_generated_kubeconfig(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """kubectl (client-go, as kube-apiserver's webhook client) trusts the generated kubeconfig."""
+    body = tmp_path / "review.json"
+    body.write_text(json.dumps(review("k8s-aws-v1.bm90LWEtdXJs")))
+    out = subprocess.run(
+        [
+            "kubectl",
+            f"--kubeconfig={daemon.kubeconfig}",
+            f"--server=https://localhost:{daemon.port}",
+            "--token=kubectl-needs-some-credential",
+            "create",
+            "--raw",
+            "/authenticate",
+            "-f",
+            str(body),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["status"]["authenticated"] is False
+    assert answer["status"]["error"].startswith("bad_token: ")
+
+
+def test_bad_input_never_crashes_the_daemon(daemon: Daemon) -> None:
+    """Malformed bodies and tokens get 400s or denials, never a 500, and the daemon keeps serving."""
+    bodies: list[bytes] = [
+        b"",
+        b"{",
+        b"null",
+        json.dumps({"kind": "TokenReview"}).encode(),
+        json.dumps(review(None)).encode(),
+        json.dumps(review("k8s-aws-v1." + "A" * 5000)).encode(),
+        json.dumps(review("k8s-aws-v1.!!!")).encode(),
+        json.dumps(review("k8s-aws-v1.aHR0cHM6Ly9leGFtcGxlLmNvbS8_YT0xJmE9Mg")).encode(),
+        b"\xff\xfe" * 100,
+    ]
+    with daemon.client() as client:
+        statuses = [client.post("/authenticate", content=body).status_code for body in bodies]
+        too_big = client.post("/authenticate", content=b"x" * (2 * 1024 * 1024))
+        assert client.get("/healthz").text == "ok"
+    assert set(statuses) <= {200, 400}
+    assert too_big.status_code == 413
+    assert daemon.proc.poll() is None
+
+
+def test_sigterm_exits_zero(daemon: Daemon) -> None:
+    """SIGTERM stops the daemon gracefully with exit code 0."""
+    assert daemon.stop() == 0
+    assert daemon.events("stopped")
+
+
+def test_sighup_keeps_the_last_good_mapping(daemon: Daemon, config: Path) -> None:
+    """A broken edit plus SIGHUP keeps serving the old mapping and reports not ready until fixed."""
+    with daemon.client() as client:
+        assert client.get("/readyz").status_code == 200
+        config.write_text(BROKEN)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("reload failed; keeping the last good mapping")
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "rolearn" in not_ready.text
+        config.write_text(CONFIG.replace("alice", "alice2"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("configuration reloaded")
+        assert client.get("/readyz").status_code == 200
+
+
+def test_invalid_config_at_start_names_file_line_and_key(tmp_path: Path) -> None:
+    """A config that does not validate stops start-up with exit 1 and file:line: key."""
+    path = tmp_path / "config.yaml"
+    path.write_text(BROKEN)
+    proc = Daemon([f"--config={path}"], state=tmp_path, env=base_env())
+    assert proc.proc.wait(timeout=20) == 1
+    proc.stop()
+    text = "".join(proc.lines)
+    assert f"{path}:4" in text
+    assert "mapRoles[0].rolearn" in text
+    assert "Traceback" not in text
+
+
+def test_missing_config_file_is_fatal(tmp_path: Path) -> None:
+    """A --config path that does not exist exits 1 and names the file."""
+    proc = Daemon([f"--config={tmp_path / 'nope.yaml'}"], state=tmp_path, env=base_env())
+    assert proc.proc.wait(timeout=20) == 1
+    proc.stop()
+    assert "nope.yaml" in "".join(proc.lines)
+
+
+def test_kops_flags_are_accepted(tmp_path: Path, config: Path) -> None:
+    """kops' DaemonSet arguments start the server; an unimplemented backend is reported not ready."""
+    proc = Daemon(
+        [
+            f"--config={config}",
+            "--cluster-id=kops.example.com",
+            "--kubeconfig-pregenerated=true",
+            "--backend-mode=CRD,MountedFile",
+        ],
+        state=tmp_path,
+        env=base_env(),
+    )
+    try:
+        proc.wait_for("listening")
+        assert not proc.kubeconfig.exists()
+        with proc.client() as client:
+            ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "CRD: backend CRD is not implemented" in ready.text
+        assert "MountedFile: ok" in ready.text
+    finally:
+        assert proc.stop() == 0
+
+
+def test_init_writes_upstream_files_into_the_current_directory(tmp_path: Path) -> None:
+    """`init -i ID` writes cert.pem, key.pem and aws-iam-authenticator.kubeconfig in the cwd."""
+    out = subprocess.run(
+        [sys.executable, "-m", "authd", "init", "-i", "tarmak-cluster"],
+        cwd=tmp_path,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "cert.pem",
+        "key.pem",
+        "aws-iam-authenticator.kubeconfig",
+    }
+    assert stat.S_IMODE(os.stat(tmp_path / "key.pem").st_mode) == 0o600
+    kubeconfig = yaml.safe_load((tmp_path / "aws-iam-authenticator.kubeconfig").read_text())
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://localhost:21362/authenticate"
+    assert "copy cert.pem to /var/aws-iam-authenticator/cert.pem" in out.stderr
