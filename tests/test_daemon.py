@@ -116,7 +116,7 @@ def test_kubectl_reaches_the_webhook_with_the_generated_kubeconfig(
 
 
 def test_bad_input_never_crashes_the_daemon(daemon: Daemon) -> None:
-    """Malformed bodies and tokens get 400s or denials, never a 500, and the daemon keeps serving."""
+    """Malformed bodies and tokens get 400s or denials, never a 500; the daemon keeps serving."""
     bodies: list[bytes] = [
         b"",
         b"{",
@@ -181,7 +181,7 @@ def test_missing_config_file_is_fatal(tmp_path: Path) -> None:
 
 
 def test_kops_flags_are_accepted(tmp_path: Path, config: Path) -> None:
-    """kops' DaemonSet arguments start the server; an unimplemented backend is reported not ready."""
+    """kops' DaemonSet arguments start the server; an unimplemented backend is not ready."""
     proc = Daemon(
         [
             f"--config={config}",
