@@ -1,19 +1,323 @@
-"""`authd token`: print an ExecCredential for kubectl (token.md section B; authd.md section 7)."""
+"""`authd token`: print an ExecCredential for kubectl (token.md section B; authd.md section 7).
+
+With `--cache` a cached token is answered from here with the standard library alone: botocore
+(about 100 ms of imports) is only loaded, through `authd.presign`'s functions, when a token has
+to be signed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from authd.cli.common import pick
+from authd.errors import ClientError, ConfigError
+from authd.tokencache import (
+    TokenCache,
+    TokenKey,
+    aws_config_file,
+    aws_credentials_file,
+    default_directory,
+)
+
+if TYPE_CHECKING:
+    from authd.presign import TokenOptions
+
+MFA_PROMPT = "Assume Role MFA token code: "
+API_V1 = "client.authentication.k8s.io/v1"
+API_V1BETA1 = "client.authentication.k8s.io/v1beta1"
+API_V1ALPHA1 = "client.authentication.k8s.io/v1alpha1"
 
 
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
 ) -> None:
-    """Register `token` and its flags."""
+    """Register `token` and its flags (token.md B2); defaults are None so precedence works."""
     p = sub.add_parser("token", parents=parents, help="print a token for kubectl")
+    p.add_argument("-r", "--role", default=None, help="IAM role ARN to assume (env DEFAULT_ROLE)")
+    p.add_argument("-e", "--external-id", default=None, help="external ID for AssumeRole")
+    p.add_argument("-s", "--session-name", default=None, help="session name for AssumeRole")
+    p.add_argument("--region", default=None, help="AWS region of the STS endpoint")
+    for flag, text in (
+        ("--token-only", "print the bare token instead of an ExecCredential"),
+        ("--forward-session-name", "reuse the caller's session name when assuming --role"),
+        ("--cache", "cache credentials (shared with the Go tool) and the token itself"),
+    ):
+        p.add_argument(flag, nargs="?", const=True, default=None, type=_flag_bool, help=text)
     p.set_defaults(run=run, error_prefix="could not get token: ")
 
 
+def _flag_bool(text: str) -> bool:
+    """Go's flag syntax for booleans: `--cache`, `--cache=true`, `--cache=false`."""
+    value = _bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+    return value
+
+
+def _bool(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "t", "true"):
+        return True
+    if text in ("0", "f", "false"):
+        return False
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenSettings:
+    """`token`'s settings after flag > env > config file > default."""
+
+    cluster_id: str
+    role_arn: str = ""
+    external_id: str = ""
+    session_name: str = ""
+    forward_session_name: bool = False
+    region: str = ""
+    token_only: bool = False
+    cache: bool = False
+
+    def options(self) -> TokenOptions:
+        """What `authd.presign` needs to sign (imports botocore's side lazily)."""
+        from authd.presign import TokenOptions  # not on the cache-hit path
+
+        return TokenOptions(
+            cluster_id=self.cluster_id,
+            role_arn=self.role_arn,
+            external_id=self.external_id,
+            session_name=self.session_name,
+            forward_session_name=self.forward_session_name,
+            region=self.region,
+        )
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """Not written yet: the client issue fills this in."""
-    raise NotImplementedError
+    """Print a token (or a cached one) for the cluster; any failure is one line and exit 1."""
+    try:
+        settings = resolve_settings(args, env)
+    except ConfigError:
+        # Upstream reports flag problems as `Error: ...` rather than `could not get token: ...`.
+        args.error_prefix = "Error: "
+        raise
+    api_version, warning = api_version_from_exec_info(env.get("KUBERNETES_EXEC_INFO"))
+    if warning:
+        _warn(warning)
+    if settings.role_arn:
+        check_role_arn(settings.role_arn)
+    token, expiration = _cached_or_fresh(settings, env)
+    if settings.token_only:
+        print(token)
+    else:
+        print(exec_credential(token, expiration, api_version=api_version))
+    return 0
+
+
+def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[str, datetime]:
+    """A cached token when `--cache` finds one, else a freshly signed (and cached) one."""
+    if not settings.cache:
+        from authd import presign  # see the module docstring
+
+        fresh = presign.get_token(settings.options(), env=env, prompt=_mfa_prompt)
+        return fresh.token, fresh.expiration
+    key = TokenKey.build(
+        cluster_id=settings.cluster_id,
+        role_arn=settings.role_arn,
+        external_id=settings.external_id,
+        session_name=settings.session_name,
+        forward_session_name=settings.forward_session_name,
+        region=settings.region,
+        env=env,
+    )
+    cache = TokenCache(
+        directory=default_directory(env),
+        watched=(aws_config_file(env), aws_credentials_file(env)),
+    )
+    hit = cache.load(key, now=datetime.now(UTC), warn=_warn)
+    if hit is not None:
+        return hit.token, hit.expiration
+    from authd import presign  # see the module docstring
+
+    credential_cache = _credential_cache(settings, env)
+    fresh = presign.get_token(
+        settings.options(), env=env, credential_cache=credential_cache, prompt=_mfa_prompt
+    )
+    cache.store(
+        key,
+        token=fresh.token,
+        expiration=fresh.expiration,
+        credentials_expire=fresh.credentials_expire,
+        warn=_warn,
+    )
+    return fresh.token, fresh.expiration
+
+
+def _credential_cache(settings: TokenSettings, env: Mapping[str, str]) -> Any:
+    """Open upstream's credential cache, or say why not and go on without it (token.md B11)."""
+    from authd import credcache
+
+    try:
+        return credcache.CredentialCache.open(
+            credcache.default_path(env),
+            cluster_id=settings.cluster_id,
+            profile=credcache.cache_profile(env),
+            role_arn=settings.role_arn,
+        )
+    except (ClientError, OSError) as exc:
+        _warn(f"unable to use cache: {exc}")
+        return None
+
+
+def api_version_from_exec_info(raw: str | None) -> tuple[str, str | None]:
+    """Pick the ExecCredential apiVersion from `KUBERNETES_EXEC_INFO` (authd.md section 7).
+
+    Returns the version and a deprecation warning to print on stderr (or None).
+
+    Raises:
+        ClientError: the variable is not JSON, not an object, or names an unknown apiVersion.
+    """
+    if not raw:
+        return API_V1BETA1, None
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise ClientError(f"KUBERNETES_EXEC_INFO is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise ClientError("KUBERNETES_EXEC_INFO is not a JSON object")
+    version = info.get("apiVersion")
+    if version in (None, ""):
+        return API_V1BETA1, None
+    if version in (API_V1, API_V1BETA1):
+        return str(version), None
+    if version == API_V1ALPHA1:
+        return API_V1ALPHA1, (
+            f"warning: {API_V1ALPHA1} is deprecated and removed from Kubernetes 1.24; "
+            f"use {API_V1BETA1} or {API_V1} in your kubeconfig"
+        )
+    raise ClientError(
+        f"KUBERNETES_EXEC_INFO names unsupported apiVersion {json.dumps(version)}; "
+        f"expected {API_V1} or {API_V1BETA1}"
+    )
+
+
+def exec_credential(token: str, expiration: datetime, *, api_version: str) -> str:
+    """Render the one-line ExecCredential JSON exactly as upstream (token.md B8)."""
+    document = {
+        "kind": "ExecCredential",
+        "apiVersion": api_version,
+        "spec": {"interactive": False},
+        "status": {"expirationTimestamp": _rfc3339(expiration), "token": token},
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with whole seconds, e.g. `2023-04-28T00:14:00Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+
+
+def check_role_arn(role_arn: str) -> None:
+    """Refuse a `--role` that is not an IAM role ARN before any AWS call is made.
+
+    Raises:
+        ClientError: the ARN does not look like `arn:<partition>:iam::<account>:role/<name>`.
+    """
+    if not _ROLE_ARN.match(role_arn):
+        raise ClientError(
+            f"invalid role ARN {json.dumps(role_arn)}: "
+            "expected arn:<partition>:iam::<12-digit account>:role/<name>"
+        )
+
+
+def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> TokenSettings:
+    """Apply upstream's precedence to the flags, env and `--config` file.
+
+    Raises:
+        ConfigError: no cluster ID, several, both session-name options, or a bad config file.
+    """
+    config = load_config(args.config) if args.config else {}
+    cluster_id = _cluster_id(args.cluster_id, env, config.get("clusterid"))
+    session_name = str(pick(args.session_name, {}, None, config.get("sessionname"), ""))
+    forward = _setting_bool(args.forward_session_name, config, "forwardsessionname")
+    if forward and session_name:
+        raise ConfigError("cannot specify both --forward-session-name and --session-name parameter")
+    return TokenSettings(
+        cluster_id=cluster_id,
+        role_arn=str(pick(args.role, env, "DEFAULT_ROLE", config.get("role"), "")),
+        external_id=str(pick(args.external_id, {}, None, config.get("externalid"), "")),
+        session_name=session_name,
+        forward_session_name=forward,
+        region=str(pick(args.region, {}, None, config.get("region"), "")),
+        token_only=_setting_bool(args.token_only, config, "tokenonly"),
+        cache=_setting_bool(args.cache, config, "cache"),
+    )
+
+
+def _cluster_id(flag: list[str] | None, env: Mapping[str, str], config: object) -> str:
+    if flag and len(set(flag)) > 1:
+        raise ConfigError(f"token takes one --cluster-id, got {len(set(flag))}")
+    if isinstance(config, list):
+        # A config file shared with the server may list IDs for a rotation: the first is current.
+        config = config[0] if config else None
+    value = pick(
+        flag[0] if flag else None, env, "KUBERNETES_AWS_AUTHENTICATOR_CLUSTER_ID", config, ""
+    )
+    if not value:
+        raise ConfigError("cluster ID not specified")
+    return str(value)
+
+
+def _setting_bool(flag: bool | None, config: Mapping[str, Any], key: str) -> bool:
+    if flag is not None:
+        return flag
+    if key not in config or config[key] is None:
+        return False
+    value = _bool(config[key])
+    if value is None:
+        raise ConfigError(f"config key {key}: not a boolean: {config[key]!r}")
+    return value
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read the YAML or JSON `--config` file; keys are matched ignoring case, as viper does.
+
+    Raises:
+        ConfigError: the file cannot be read, does not parse, or is not a mapping.
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        document = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "does not parse"
+        raise ConfigError(f"config file {path}{where}: {problem}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return {str(k).lower(): v for k, v in document.items()}
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _mfa_prompt(_: str) -> str:
+    """Upstream's MFA prompt: the question on stderr, the code read from stdin."""
+    print(MFA_PROMPT, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip()

@@ -1,0 +1,43 @@
+"""`python -m bench [NAME ...]`: run the named benchmarks (all by default) and record them.
+
+Each benchmark is a module in this package exposing `SECTION` (its marker in
+docs/BENCHMARKS.md), `DESCRIPTION` and `run(*, runs: int) -> str` (the Markdown it measured).
+Add one by adding its module name to `BENCHES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bench import report
+
+BENCHES: dict[str, str] = {
+    "token": "bench.token_startup",
+    "server": "bench.server",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks, print each section and write it to docs/BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHES)}")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command")
+    parser.add_argument("--no-write", action="store_true", help="print only; keep the docs")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
+    for name in args.names or list(BENCHES):
+        module = importlib.import_module(BENCHES[name])
+        print(f"== {name}: {module.DESCRIPTION}", file=sys.stderr)
+        body = module.run(runs=args.runs)
+        print(body)
+        if not args.no_write:
+            report.write_section(module.SECTION, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

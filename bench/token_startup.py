@@ -1,0 +1,124 @@
+"""Start-up of `authd token` (fresh and cache hit) against `aws eks get-token`, side by side.
+
+kubectl runs the credential plugin on every command, so its start-up is user-visible. All three
+commands run with the same static credentials in the environment, a region set and instance
+metadata disabled, so none of them touches the network; they are interleaved round-robin so
+machine noise hits each alike. Warm-up runs also write the `.pyc` files a normal install has.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import report
+
+SECTION = "token-startup"
+DESCRIPTION = "authd token vs aws eks get-token start-up (wall time)"
+WARMUP = 3
+TARGET_FRESH = 0.35
+TARGET_HIT = 0.15
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """One command line being timed."""
+
+    label: str
+    argv: tuple[str, ...]
+
+
+CASES = (
+    Case(label="`authd token -i X`", argv=(str(BIN / "authd"), "token", "-i", "X")),
+    Case(
+        label="`authd token -i X --cache` (hit)",
+        argv=(str(BIN / "authd"), "token", "-i", "X", "--cache"),
+    ),
+    Case(
+        label="`aws eks get-token --cluster-name X`",
+        argv=(str(BIN / "aws"), "eks", "get-token", "--cluster-name", "X"),
+    ),
+)
+
+
+def environment(home: Path) -> dict[str, str]:
+    """Same static credentials for every command, and nothing that could reach the network."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_REGION": "us-west-2",
+        "AWS_DEFAULT_REGION": "us-west-2",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def time_once(case: Case, env: dict[str, str]) -> tuple[float, bytes]:
+    """Wall time of one run, from fork to exit; the run must succeed."""
+    started = time.perf_counter()
+    done = subprocess.run(case.argv, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(case.argv)} failed: {done.stderr.decode().strip()}")
+    return elapsed, done.stdout
+
+
+def run(*, runs: int) -> str:
+    """Time every case `runs` times after a warm-up and return the Markdown section."""
+    with tempfile.TemporaryDirectory(prefix="bench-token-") as home:
+        env = environment(Path(home))
+        first: dict[str, bytes] = {}
+        for case in CASES:
+            for _ in range(WARMUP):
+                _, out = time_once(case, env)
+                first.setdefault(case.label, out)
+        samples: dict[str, list[float]] = {case.label: [] for case in CASES}
+        for _ in range(runs):
+            for case in CASES:
+                elapsed, out = time_once(case, env)
+                samples[case.label].append(elapsed)
+                if "--cache" in case.argv and out != first[case.label]:
+                    # Another token means the run signed instead of hitting the cache.
+                    raise RuntimeError("the --cache run missed the cache; figures would lie")
+    return render(samples, runs=runs)
+
+
+def render(samples: dict[str, list[float]], *, runs: int) -> str:
+    """The Markdown table, the ratios to awscli and a plain verdict on each target."""
+    fresh, hit, awscli = (samples[case.label] for case in CASES)
+    base = report.median(awscli)
+    lines = [
+        "## `authd token` start-up",
+        "",
+        f"- Date: {report.now()}",
+        f"- Machine: {report.machine()}",
+        f"- Command: `python -m bench token --runs {runs}` ({runs} timed runs per command "
+        f"after {WARMUP} warm-up runs, interleaved; static env credentials, no network)",
+        "",
+        "| Command | median (ms) | p90 (ms) | median / awscli |",
+        "|---|---:|---:|---:|",
+    ]
+    for case in CASES:
+        values = samples[case.label]
+        ratio = report.median(values) / base
+        lines.append(
+            f"| {case.label} | {report.median(values) * 1000:.1f} | "
+            f"{report.p90(values) * 1000:.1f} | {ratio:.2f}x |"
+        )
+    lines.append("")
+    for name, values, target in (
+        ("fresh token", fresh, TARGET_FRESH),
+        ("cache hit", hit, TARGET_HIT),
+    ):
+        ratio = report.median(values) / base
+        verdict = "met" if ratio <= target else "MISSED"
+        lines.append(f"- Target for the {name}: <= {target:.2f}x awscli: {verdict} ({ratio:.2f}x).")
+    return "\n".join(lines) + "\n"
