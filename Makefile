@@ -20,8 +20,8 @@ pytest: venv
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check authd tests bench
-	$(BIN)/ruff format --check authd tests bench
+	$(BIN)/ruff check authd tests bench demo
+	$(BIN)/ruff format --check authd tests bench demo
 
 typecheck: venv
 	$(BIN)/mypy
@@ -32,7 +32,7 @@ bench: venv
 
 ## make demo: the main job end to end on embedded defaults, no AWS account needed.
 demo: venv
-	$(BIN)/python -m authd.demo
+	$(BIN)/python -m demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
