@@ -109,7 +109,7 @@ class App:
             verdict = await self._authenticator.authenticate(parsed.token)
         except AuthdError as exc:
             outcome = outcome_of(exc)
-            response = self._refusal(request, outcome, exc, api_version)
+            response = _refusal(outcome, exc, api_version)
             fields: dict[str, object] = {"reason": exc.reason, "error": str(exc)}
         else:
             outcome, backend = ALLOWED, verdict.backend
@@ -138,17 +138,18 @@ class App:
         structlog.contextvars.clear_contextvars()
         return response
 
-    @staticmethod
-    def _refusal(request: Request, outcome: Outcome, exc: AuthdError, api_version: str) -> Response:
-        del request
-        if outcome.status == 400:
-            return _text(400, f"{exc}\n")
-        headers: list[tuple[str, str]] = [("content-type", JSON)]
-        if outcome.status in (429, 503):
-            retry_after = getattr(exc, "retry_after", 1.0)
-            headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
-        body = review.deny(api_version, reason=exc.reason, message=str(exc))
-        return Response(status=outcome.status, headers=tuple(headers), body=body)
+
+
+def _refusal(outcome: Outcome, exc: AuthdError, api_version: str) -> Response:
+    """The answer for a refused review: text for a bad request, else a TokenReview denial."""
+    if outcome.status == 400:
+        return _text(400, f"{exc}\n")
+    headers: list[tuple[str, str]] = [("content-type", JSON)]
+    if outcome.status in (429, 503):
+        retry_after = getattr(exc, "retry_after", 1.0)
+        headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
+    body = review.deny(api_version, reason=exc.reason, message=str(exc))
+    return Response(status=outcome.status, headers=tuple(headers), body=body)
 
 
 def _text(status: int, text: str) -> Response:
