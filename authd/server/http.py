@@ -8,7 +8,8 @@ are enforced here, so a handler only ever sees a complete, bounded request:
   from Content-Length before reading, and while reading chunked bodies);
 - a head not complete `header_timeout` after the connection opened or its first byte arrived,
   or a body stalled past `body_timeout` -> 408 (when it can still be written) and close;
-- a connection idle `idle_timeout` between requests -> closed;
+- writing a response and then waiting for the next request share `idle_timeout`: a client
+  that neither reads nor sends for that long is closed;
 - at most `max_connections` at once: beyond that, new connections wait in the listen backlog;
 - TLS handshake failures, garbage and protocol errors (400) end one connection, never the server;
   a handler that raises answers 500 and is logged.
@@ -29,7 +30,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
 
 import h11
 import structlog
@@ -66,7 +66,6 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     body_timeout: float = 30.0
-    send_timeout: float = 30.0
     max_connections: int = 1000
     shutdown_grace: float = 10.0
     linger_timeout: float = 2.0
@@ -80,7 +79,7 @@ class Limits:
         for name in ("max_head_bytes", "max_body_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"http limits: {name} must be at least 1")
-        for name in ("header_timeout", "idle_timeout", "body_timeout", "send_timeout"):
+        for name in ("header_timeout", "idle_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"http limits: {name} must be more than 0 seconds")
         for name in ("shutdown_grace", "linger_timeout"):
@@ -295,7 +294,18 @@ async def _serve(
 class _Connection:
     """One HTTP/1.1 connection: a loop of request cycles over one stream."""
 
-    __slots__ = ("client", "conn", "handler", "limits", "shared", "started", "stream")
+    __slots__ = (
+        "client",
+        "conn",
+        "handler",
+        "limits",
+        "phase",
+        "received",
+        "scope",
+        "shared",
+        "started",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -312,114 +322,135 @@ class _Connection:
         self.shared = shared
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self.started = False
+        self.phase = "head"
+        self.received = 0
+        self.scope = trio.CancelScope()
 
     async def serve(self) -> None:
         """Serve requests until the client or a limit ends the connection; never raises
         for anything a client can cause."""
+        # One cancel scope for the connection's life; each phase moves its deadline. This
+        # costs far less per request than a fresh scope per phase.
+        scope = self.scope
+        scope.deadline = trio.current_time() + self.limits.header_timeout
         try:
-            first = True
-            while not self.shared.closing and await self._cycle(first=first):
-                first = False
+            with scope:
+                first = True
+                while not self.shared.closing and await self._cycle(first=first):
+                    first = False
+            if scope.cancelled_caught and self.phase != "answer" and self.started:
+                # Timed out reading a request that had begun: tell the client why.
+                await self._refuse(408, linger=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away, the TLS handshake failed, or it spoke no TLS
         except Exception:
             # A bug here must cost one connection, not the server.
             _log.exception("http connection failed", client=self.client)
         finally:
+            self.shared.idle.discard(scope)
             await self._close()
 
     async def _cycle(self, *, first: bool) -> bool:
-        """Serve one request; True when the connection may carry another."""
-        # `started`: a byte of this request has arrived. Until then the connection is idle:
-        # the idle timeout applies and a shutdown may close it. The first request's head is
-        # due `header_timeout` after accept, TLS handshake included.
-        self.started = not first and bool(self.conn.trailing_data[0])
+        """Serve one request; True when the connection may carry another.
+
+        Deadlines: the first head is due `header_timeout` after accept (TLS handshake
+        included). Later, the response write and the wait for the next request share
+        `idle_timeout`, set when the handler returns; once a request's first byte arrives its
+        head is due within `header_timeout`, its body within `body_timeout` if it must be
+        waited for. The handler itself has no deadline here.
+        """
+        conn = self.conn
         limits = self.limits
-        timeout = limits.idle_timeout if not (first or self.started) else limits.header_timeout
-        phase = "head"
+        scope = self.scope
+        self.phase = "head"
+        # `started`: a byte of this request has arrived. Until then the connection is idle
+        # and a shutdown may close it.
+        pending = 0 if first else len(conn.trailing_data[0])
+        self.started = pending > 0
+        if self.started:
+            scope.deadline = trio.current_time() + limits.header_timeout
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                request = await self._receive_head(scope, first=first)
-                if request is None:
-                    return False  # the client closed the connection
-                phase = "body"
-                scope.deadline = trio.current_time() + limits.body_timeout
-                body = await self._read_body(request)
-                if body is None:
-                    return False
-                phase = "answer"
-                scope.deadline = math.inf
-                response = await self._call(request, body)
-                scope.deadline = trio.current_time() + limits.send_timeout
-                await self._send(response, head=request.method == b"HEAD")
+            request = await self._receive_head(first=first)
+            if request is None:
+                return False  # the client closed the connection
+            if self.received + pending > limits.max_head_bytes and (
+                _head_size(request) > limits.max_head_bytes
+            ):
+                # h11 bounds only heads that arrive in pieces; this one came whole.
+                raise _HeadTooLarge
+            self.phase = "body"
+            body = await self._read_body(request)
+            if body is None:
+                return False
+            self.phase = "answer"
+            scope.deadline = math.inf
+            response = await self._call(request, body)
+            scope.deadline = trio.current_time() + limits.idle_timeout
+            await self._send(response, head=request.method == b"HEAD")
         except (h11.RemoteProtocolError, _BodyTooLarge, _HeadTooLarge) as exc:
             await self._refuse(exc.error_status_hint)
             return False
-        if scope.cancelled_caught:
-            # Timed out, or closed by a shutdown while idle. A 408 is owed only to a client
-            # that had started a request.
-            if phase != "answer" and self.started:
-                await self._refuse(408, linger=False)
+        if conn.our_state is h11.MUST_CLOSE or self.shared.closing:
             return False
-        if self.conn.our_state is h11.MUST_CLOSE or self.shared.closing:
-            return False
-        self.conn.start_next_cycle()
+        conn.start_next_cycle()
         return True
 
-    async def _receive_head(self, scope: trio.CancelScope, *, first: bool) -> h11.Request | None:
+    async def _receive_head(self, *, first: bool) -> h11.Request | None:
         """Read until a request head is complete; None if the client closed instead."""
         conn = self.conn
-        shared = self.shared
-        idle = not self.started
-        if idle:
-            shared.idle.add(scope)
-        try:
-            event = conn.next_event()
-            while event is h11.NEED_DATA:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-                if idle:
-                    idle = False
-                    self.started = True
-                    shared.idle.discard(scope)
-                    if not first:
-                        scope.deadline = trio.current_time() + self.limits.header_timeout
-                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
-                event = conn.next_event()
-        finally:
+        self.received = 0
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            idle = not self.started
             if idle:
-                shared.idle.discard(scope)
+                self.shared.idle.add(self.scope)
+            try:
+                while event is h11.NEED_DATA:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    self.received += len(data)
+                    conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytes-likes
+                    event = conn.next_event()
+                    if idle:
+                        idle = False
+                        self.started = True
+                        self.shared.idle.discard(self.scope)
+                        if event is h11.NEED_DATA and not first:
+                            limit = self.limits.header_timeout
+                            self.scope.deadline = trio.current_time() + limit
+            finally:
+                if idle:
+                    self.shared.idle.discard(self.scope)
         return event if isinstance(event, h11.Request) else None
 
     async def _read_body(self, request: h11.Request) -> bytes | None:
         """The whole body of `request`, or None if the client closed mid-body.
 
         Raises:
-            _HeadTooLarge: the request head is over `max_head_bytes`.
             _BodyTooLarge: Content-Length or the bytes received exceed `max_body_bytes`.
             h11.RemoteProtocolError: bad framing.
         """
         limit = self.limits.max_body_bytes
-        # h11 bounds only heads that arrive in pieces; one that came whole is measured here
-        # (request line + CRLF, each "name: value" + CRLF, final CRLF).
-        head_size = len(request.method) + len(request.target) + 13
-        for name, value in request.headers:
-            head_size += len(name) + len(value) + 4
-            if name == b"content-length" and int(value) > limit:
-                raise _BodyTooLarge
-        if head_size > self.limits.max_head_bytes:
-            raise _HeadTooLarge
         conn = self.conn
         chunks: list[bytes | bytearray] = []
         size = 0
+        waiting = False
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if not waiting:
+                    # More must be read: refuse a declared oversize body before reading it,
+                    # and start the body's clock. (A body that came with its head is counted
+                    # below, without this cost.)
+                    waiting = True
+                    if _content_length(request) > limit:
+                        raise _BodyTooLarge
+                    self.scope.deadline = trio.current_time() + self.limits.body_timeout
                 if conn.they_are_waiting_for_100_continue:
                     await self._send_bytes(
                         conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                     )
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
+                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytes-likes
                 continue
             if isinstance(event, h11.Data):
                 size += len(event.data)
@@ -440,7 +471,7 @@ class _Connection:
         request = Request(
             method=event.method.decode("ascii"),
             path=path.decode("latin-1"),
-            query=query.decode("latin-1"),
+            query=query.decode("latin-1") if query else "",
             headers=event.headers,
             body=body,
             client=self.client,
@@ -479,7 +510,11 @@ class _Connection:
             return
         body = _ERROR_BODIES.get(status, b"%d\n" % status)
         event = _response_event(Response(status=status, headers=_TEXT, body=body), close=True)
-        with trio.move_on_after(self.limits.send_timeout):
+        # The connection's own deadline may be about to expire (or has); this answer gets its own.
+        self.scope.deadline = math.inf
+        with trio.move_on_after(
+            self.limits.header_timeout + (self.limits.linger_timeout if linger else 0)
+        ):
             out = (conn.send(event) or b"") + (conn.send(h11.Data(data=body)) or b"")
             await self._send_bytes(out + (conn.send(h11.EndOfMessage()) or b""))
             if linger:
@@ -507,6 +542,22 @@ class _Connection:
                 await self.stream.aclose()
 
 
+def _head_size(request: h11.Request) -> int:
+    """The size of `request`'s head on the wire: request line, header lines, blank line."""
+    size = len(request.method) + len(request.target) + 13
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _content_length(request: h11.Request) -> int:
+    """The declared Content-Length (h11 has validated it), or 0 when there is none."""
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
 class _BodyTooLarge(Exception):
     """The request body is over `Limits.max_body_bytes`."""
 
@@ -528,10 +579,9 @@ def _response_event(response: Response, *, close: bool) -> h11.Response:
     ]
     if close:
         headers.append((b"connection", b"close"))
-    # h11 accepts str and bytes mixed; its annotations only allow one or the other.
     return h11.Response(
         status_code=response.status,
-        headers=cast("list[tuple[bytes, bytes]]", headers),
+        headers=headers,  # type: ignore[arg-type]  # h11 takes str and bytes mixed
         reason=_REASONS.get(response.status, b""),
     )
 
