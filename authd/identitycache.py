@@ -1,0 +1,164 @@
+"""Remember who STS said signed a token until the token expires, and share in-flight STS calls.
+
+- `token_key` names a token by a keyed BLAKE2b digest: the cache never holds a token, and the
+  key is random per process, so a digest seen in a memory dump matches no token elsewhere.
+- `IdentityCache` is a bounded LRU of verified identities. An entry lives until the token's own
+  validity ends (`X-Amz-Date` + 15 minutes, when STS would refuse it too), so a cached answer is
+  never one STS could no longer give. Identities are cached, not users: the mapping runs on
+  every review, so a mapping change applies at once.
+- `SingleFlight` lets concurrent reviews of the same token share one STS call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import trio
+
+from authd.identity import Identity
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_PROCESS_KEY = secrets.token_bytes(32)
+EVICTED_FOR_SIZE = "size"
+EVICTED_EXPIRED = "expired"
+
+
+def token_key(token: str) -> bytes:
+    """The cache key of `token`: a 32-byte BLAKE2b digest keyed with a per-process secret."""
+    # surrogatepass: a JSON body may carry lone surrogates; they must hash, not raise.
+    data = token.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=32, key=_PROCESS_KEY).digest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachedIdentity:
+    """A verified identity, the cluster ID STS accepted the token under, and when it expires."""
+
+    identity: Identity
+    cluster_id: str
+    expires_at: datetime
+
+
+class IdentityCache:
+    """A least-recently-used map of token keys to verified identities, bounded in entries.
+
+    `on_evict(cause)` is called for each entry dropped: `"size"` when the bound pushed it out,
+    `"expired"` when a lookup found it past its token's validity.
+    """
+
+    __slots__ = ("_entries", "_on_evict", "max_entries")
+
+    def __init__(self, *, max_entries: int, on_evict: Callable[[str], None] | None = None) -> None:
+        """An empty cache holding at most `max_entries` (0 disables caching).
+
+        Raises:
+            ValueError: a negative bound.
+        """
+        if max_entries < 0:
+            raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, CachedIdentity] = OrderedDict()
+        self._on_evict = on_evict
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, *, now: datetime) -> CachedIdentity | None:
+        """The entry for `key` if it is still valid at `now`, marking it recently used.
+
+        A token is valid up to and including `expires_at` (token.md C16), so is its entry.
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now > entry.expires_at:
+            del self._entries[key]
+            self._evicted(EVICTED_EXPIRED)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: bytes, entry: CachedIdentity) -> None:
+        """Store `entry`, pushing out the least recently used entries beyond the bound."""
+        if self.max_entries == 0:
+            return
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self._evicted(EVICTED_FOR_SIZE)
+
+    def _evicted(self, cause: str) -> None:
+        if self._on_evict is not None:
+            self._on_evict(cause)
+
+
+class _Flight(Generic[V]):
+    """One call in progress: its waiters block on `done`, then read the outcome."""
+
+    __slots__ = ("done", "error", "finished", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.finished = False
+        self.value: V | None = None
+        self.error: Exception | None = None
+
+
+class SingleFlight(Generic[K, V]):
+    """At most one call per key at a time; callers arriving meanwhile get its outcome.
+
+    If the task running the call is cancelled (its client went away), the waiters do not
+    inherit the cancellation: the first of them to wake runs the call again.
+    """
+
+    __slots__ = ("_flights", "_on_join")
+
+    def __init__(self, *, on_join: Callable[[], None] | None = None) -> None:
+        """`on_join` is called each time a caller waits on another caller's call."""
+        self._flights: dict[K, _Flight[V]] = {}
+        self._on_join = on_join
+
+    def in_flight(self, key: K) -> bool:
+        """Whether a call for `key` is running now."""
+        return key in self._flights
+
+    async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        """Return `call()`'s value, or raise its exception, sharing a running call for `key`.
+
+        Raises:
+            Exception: whatever the shared call raised (the same exception for every waiter).
+        """
+        while (flight := self._flights.get(key)) is not None:
+            if self._on_join is not None:
+                self._on_join()
+            await flight.done.wait()
+            if flight.finished:
+                if flight.error is not None:
+                    raise flight.error
+                return flight.value  # type: ignore[return-value]  # set when finished w/o error
+        return await self._lead(key, call)
+
+    async def _lead(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        flight: _Flight[V] = _Flight()
+        self._flights[key] = flight
+        try:
+            value = await call()
+        except Exception as exc:
+            flight.error, flight.finished = exc, True
+            raise
+        else:
+            flight.value, flight.finished = value, True
+            return value
+        finally:
+            # Also on cancellation (finished stays False): the waiters wake and one leads anew.
+            del self._flights[key]
+            flight.done.set()
