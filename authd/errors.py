@@ -9,6 +9,7 @@
     │   ├── StsRejectedError              STS answered 4xx: signature, expired, access denied
     │   ├── StsThrottledError             STS or authd's own limiter throttled the call
     │   └── StsUnavailableError           5xx, 3xx, timeout, connection error, unreadable body
+    ├── Ec2Error                          DescribeInstances could not name an instance's private DNS
     ├── MappingError                      the identity is verified but gets no Kubernetes user
     │   ├── NotMappedError                no backend maps it
     │   ├── ReservedPrefixError           the username starts with a reserved prefix
@@ -94,6 +95,12 @@ class StsUnavailableError(StsError):
     """STS could not be reached or answered something unreadable (a transient answer)."""
 
     reason = "sts_unavailable"
+
+
+class Ec2Error(AuthdError):
+    """EC2 could not give an instance's private DNS name (the mapper chain denies the review)."""
+
+    reason = "ec2_error"
 
 
 class MappingError(AuthdError):

@@ -9,7 +9,7 @@ gauges, and authd's decision/reason pairs) are created up front.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,6 +42,7 @@ E2E_BUCKETS = (1.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0)
 REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
+STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
 
 # Each review outcome's reason code (authd.md section 4) and the decision it leads to; "ok" is
@@ -193,6 +194,7 @@ class Metrics:
             ["source", "result"],
             registry=reg,
         )
+        self._init_protection(reg)
         for reason, decision in DECISION_OF_REASON.items():
             self.reviews.labels(decision=decision, reason=reason)
         for backend in BACKENDS:
@@ -286,6 +288,119 @@ class Metrics:
     def reload(self, source: str, *, ok: bool) -> None:
         """A watched source was reloaded (`ok`) or its new version was rejected."""
         self.reloads.labels(source=source, result="ok" if ok else "error").inc()
+
+    # --- STS and EC2 protection (docs/sts-protection.md) ---
+
+    def _init_protection(self, reg: CollectorRegistry) -> None:
+        """authd's series for the identity cache, the STS guard and EC2 lookups, at zero."""
+        self.identity_cache_hits = Counter(
+            "authd_identity_cache_hits_total",
+            "Reviews whose token's identity was in the verified-identity cache.",
+            registry=reg,
+        )
+        self.identity_cache_misses = Counter(
+            "authd_identity_cache_misses_total",
+            "Reviews whose token's identity was not cached (STS is asked).",
+            registry=reg,
+        )
+        self.identity_cache_evictions = Counter(
+            "authd_identity_cache_evictions_total",
+            "Identities dropped from the cache: size (LRU bound) or expired (token expired).",
+            ["cause"],
+            registry=reg,
+        )
+        self.identity_cache_entries = Gauge(
+            "authd_identity_cache_entries", "Identities in the cache now.", registry=reg
+        )
+        self.sts_calls = Counter(
+            "authd_sts_calls_total",
+            "GetCallerIdentity requests sent, by outcome (ok, rejected, throttled, "
+            "unavailable, connection_error).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.sts_retries = Counter(
+            "authd_sts_retries_total",
+            "GetCallerIdentity requests repeated after a connection error, timeout or 5xx.",
+            registry=reg,
+        )
+        self.sts_coalesced_waits = Counter(
+            "authd_sts_coalesced_total",
+            "Reviews that waited for another review's STS call for the same token.",
+            registry=reg,
+        )
+        self.sts_rate_limited_reviews = Counter(
+            "authd_sts_rate_limited_total",
+            "Reviews answered 429 because authd's own STS rate limit was exhausted.",
+            registry=reg,
+        )
+        self.ec2_batch_sizes = Histogram(
+            "authd_ec2_describe_instances_batch_size",
+            "Instance IDs asked for in one DescribeInstances call.",
+            buckets=(1, 2, 5, 10, 20, 50, 100),
+            registry=reg,
+        )
+        self.ec2_failures = Counter(
+            "authd_ec2_describe_instances_failures_total",
+            "DescribeInstances calls that failed (every instance of the batch is refused).",
+            registry=reg,
+        )
+        self.ec2_cache_lookups = Counter(
+            "authd_ec2_cache_lookups_total",
+            "Private DNS name lookups, by result: hit (cached) or miss (asked EC2).",
+            ["result"],
+            registry=reg,
+        )
+        for outcome in STS_CALL_OUTCOMES:
+            self.sts_calls.labels(outcome=outcome)
+        for cause in ("size", "expired"):
+            self.identity_cache_evictions.labels(cause=cause)
+        for result in ("hit", "miss"):
+            self.ec2_cache_lookups.labels(result=result)
+
+    def identity_cache_hit(self) -> None:
+        """A review's token was in the verified-identity cache."""
+        self.identity_cache_hits.inc()
+
+    def identity_cache_miss(self) -> None:
+        """A review's token was not in the verified-identity cache."""
+        self.identity_cache_misses.inc()
+
+    def identity_cache_eviction(self, cause: str) -> None:
+        """An identity left the cache: `size` (LRU bound) or `expired`."""
+        self.identity_cache_evictions.labels(cause=cause).inc()
+
+    def watch_identity_cache(self, size: Callable[[], int]) -> None:
+        """Read the cache's entry count from `size` at each scrape."""
+        self.identity_cache_entries.set_function(size)
+
+    def sts_call(self, outcome: str) -> None:
+        """One GetCallerIdentity request ended with `outcome` (one of STS_CALL_OUTCOMES)."""
+        self.sts_calls.labels(outcome=outcome).inc()
+
+    def sts_retry(self) -> None:
+        """A GetCallerIdentity request is about to be repeated."""
+        self.sts_retries.inc()
+
+    def sts_coalesced(self) -> None:
+        """A review joined another review's STS call for the same token."""
+        self.sts_coalesced_waits.inc()
+
+    def sts_rate_limited(self) -> None:
+        """A review was refused by authd's own STS rate limit."""
+        self.sts_rate_limited_reviews.inc()
+
+    def ec2_batch(self, size: int) -> None:
+        """One DescribeInstances batch asked for `size` instance IDs."""
+        self.ec2_batch_sizes.observe(size)
+
+    def ec2_failure(self) -> None:
+        """A DescribeInstances call failed."""
+        self.ec2_failures.inc()
+
+    def ec2_cache_lookup(self, *, hit: bool) -> None:
+        """A private DNS name was looked up: found in the cache or not."""
+        self.ec2_cache_lookups.labels(result="hit" if hit else "miss").inc()
 
     # --- exposition ---
 

@@ -1,5 +1,8 @@
 """One review's work, without HTTP: verify the token, ask STS who signed it, map the identity.
 
+STS is asked through `authd.stsguard.StsGuard`, so a token already verified is answered from
+its cache, and the mapping always runs (a mapping change applies to the next review).
+
 The identity STS reports is bound to structlog's context variables as soon as it is known, so
 the one log line per review names who was refused and why, even when mapping fails.
 """
@@ -13,12 +16,13 @@ from datetime import UTC, datetime
 import structlog
 
 from authd import token as tokens
-from authd.errors import StsError, StsRejectedError
 from authd.identity import Identity, User
-from authd.mapping.chain import MapperChain
+from authd.identitycache import token_key
+from authd.mapping.chain import MapperChain, PrivateDnsResolver
 from authd.metrics import Metrics
 from authd.sts import StsClient
-from authd.token import EndpointPolicy, PresignedRequest
+from authd.stsguard import StsGuard, StsProtection
+from authd.token import EndpointPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +40,13 @@ def utc_now() -> datetime:
 
 
 class Authenticator:
-    """Turns a bearer token into a `Verdict`, or raises the `AuthdError` that says why not."""
+    """Turns a bearer token into a `Verdict`, or raises the `AuthdError` that says why not.
+
+    STS is reached only through `StsGuard` (cache, single flight, rate limit, retries,
+    cluster-ID rotation; docs/sts-protection.md). A token seen before is answered from the
+    cache without re-running the local checks: they are a pure function of the token and the
+    time, and the cache entry expires exactly when the token does (C16).
+    """
 
     def __init__(
         self,
@@ -47,15 +57,29 @@ class Authenticator:
         cluster_ids: Sequence[str],
         metrics: Metrics,
         clock: Callable[[], datetime] = utc_now,
+        protection: StsProtection | None = None,
+        resolve_private_dns: PrivateDnsResolver | None = None,
     ) -> None:
+        """Wire the review steps.
+
+        Args:
+            protection: STS cache, rate limit, retries and deadline; authd.md's defaults when
+                None.
+            resolve_private_dns: instance ID -> private DNS name for `{{EC2PrivateDNSName}}`
+                (`authd.ec2`); such templates are refused when None.
+
+        Raises:
+            ValueError: no cluster ID.
+        """
         if not cluster_ids:
             raise ValueError("cluster ID cannot be empty")
         self._policy = policy
-        self._sts = sts
         self._chain = chain
-        self._cluster_ids = tuple(cluster_ids)
-        self._metrics = metrics
         self._clock = clock
+        self._resolve_private_dns = resolve_private_dns
+        self.guard = StsGuard(
+            sts=sts, cluster_ids=cluster_ids, metrics=metrics, protection=protection
+        )
 
     @property
     def chain(self) -> MapperChain:
@@ -70,8 +94,13 @@ class Authenticator:
             StsError: STS refused, throttled, or could not be reached.
             MappingError: the identity is verified but no backend gives it a user.
         """
-        request = tokens.verify(token, now=self._clock(), policy=self._policy)
-        identity = await self._identify(request)
+        now = self._clock()
+        key = token_key(token)
+        entry = self.guard.cached(key, now=now)
+        if entry is None:
+            request = tokens.verify(token, now=now, policy=self._policy)
+            entry = await self.guard.identify(key, request, now=now)
+        identity = entry.identity
         structlog.contextvars.bind_contextvars(
             arn=identity.canonical_arn,
             accesskeyid=identity.access_key_id,
@@ -79,34 +108,5 @@ class Authenticator:
             userid=identity.user_id,
             session=identity.session_name,
         )
-        result = await self._chain.map(identity)
+        result = await self._chain.map(identity, resolve_private_dns=self._resolve_private_dns)
         return Verdict(user=result.user, identity=identity, backend=result.backend)
-
-    async def _identify(self, request: PresignedRequest) -> Identity:
-        """Ask STS with the current cluster ID, then each older one while STS refuses."""
-        for index, cluster_id in enumerate(self._cluster_ids):
-            try:
-                identity = await self._call_sts(request, cluster_id)
-            except StsRejectedError as exc:
-                # Only a refused signature can be cured by another cluster ID; a bad ARN
-                # or UserId in a 200 answer would be the same under every ID.
-                if exc.status != 403 or index == len(self._cluster_ids) - 1:
-                    raise
-                continue
-            return identity
-        raise AssertionError("unreachable: cluster_ids is never empty")
-
-    async def _call_sts(self, request: PresignedRequest, cluster_id: str) -> Identity:
-        region = request.region_label
-        try:
-            identity = await self._sts.get_caller_identity(request, cluster_id=cluster_id)
-        except StsError as exc:
-            if exc.status is None:
-                self._metrics.sts_connection_failure(region)
-            else:
-                self._metrics.sts_response(exc.status, region)
-            if exc.reason == "throttled":
-                self._metrics.sts_throttled(region)
-            raise
-        self._metrics.sts_response(200, region)
-        return identity

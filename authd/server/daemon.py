@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from authd.config import ServerSettings
+from authd.ec2 import open_server_private_dns_names
 from authd.errors import AuthdError
 from authd.metrics import Metrics
 from authd.server import kubeconfig, tls
@@ -24,6 +25,7 @@ from authd.server.authenticator import Authenticator
 from authd.server.backends import Backends
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
 from authd.sts import StsClient
+from authd.stsguard import StsProtection
 from authd.token import EndpointPolicy
 
 log = structlog.get_logger("authd.server")
@@ -67,13 +69,18 @@ async def run_server(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
     timeout = httpx.Timeout(settings.sts_timeout)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    async with (
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+        open_server_private_dns_names(settings, region=region, metrics=metrics) as ec2_names,
+    ):
         authenticator = Authenticator(
             policy=policy,
             sts=StsClient(client),
             chain=backends.chain,
             cluster_ids=settings.cluster_ids,
             metrics=metrics,
+            protection=StsProtection.from_settings(settings),
+            resolve_private_dns=ec2_names.resolve,
         )
         app = App(authenticator=authenticator, metrics=metrics, ready=backends.readiness)
         shutdown, hard_stop = trio.Event(), trio.CancelScope()
