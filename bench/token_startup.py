@@ -45,6 +45,15 @@ CASES = (
         argv=(str(BIN / "aws"), "eks", "get-token", "--cluster-name", "X"),
     ),
 )
+# Floors, for reading the figures: the interpreter alone, and the botocore modules a fresh
+# token cannot do without (the signer and the credential provider).
+REFERENCES = (
+    Case(label="reference: `python -c pass`", argv=(sys.executable, "-c", "pass")),
+    Case(
+        label="reference: `python -c 'import botocore.auth, botocore.credentials'`",
+        argv=(sys.executable, "-c", "import botocore.auth, botocore.credentials"),
+    ),
+)
 
 
 def environment(home: Path) -> dict[str, str]:
@@ -76,13 +85,13 @@ def run(*, runs: int) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-token-") as home:
         env = environment(Path(home))
         first: dict[str, bytes] = {}
-        for case in CASES:
+        for case in CASES + REFERENCES:
             for _ in range(WARMUP):
                 _, out = time_once(case, env)
                 first.setdefault(case.label, out)
-        samples: dict[str, list[float]] = {case.label: [] for case in CASES}
+        samples: dict[str, list[float]] = {case.label: [] for case in CASES + REFERENCES}
         for _ in range(runs):
-            for case in CASES:
+            for case in CASES + REFERENCES:
                 elapsed, out = time_once(case, env)
                 samples[case.label].append(elapsed)
                 if "--cache" in case.argv and out != first[case.label]:
@@ -106,7 +115,7 @@ def render(samples: dict[str, list[float]], *, runs: int) -> str:
         "| Command | median (ms) | p90 (ms) | median / awscli |",
         "|---|---:|---:|---:|",
     ]
-    for case in CASES:
+    for case in CASES + REFERENCES:
         values = samples[case.label]
         ratio = report.median(values) / base
         lines.append(
@@ -121,4 +130,10 @@ def render(samples: dict[str, list[float]], *, runs: int) -> str:
         ratio = report.median(values) / base
         verdict = "met" if ratio <= target else "MISSED"
         lines.append(f"- Target for the {name}: <= {target:.2f}x awscli: {verdict} ({ratio:.2f}x).")
+    floor = report.median(samples[REFERENCES[1].label])
+    lines.append(
+        f"- A fresh token takes {(report.median(fresh) - floor) * 1000:+.1f} ms beside importing "
+        "botocore's signer and credential modules alone (last row): nearly all of its time is "
+        "that import. A cache hit imports no botocore."
+    )
     return "\n".join(lines) + "\n"

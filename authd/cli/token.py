@@ -8,7 +8,9 @@ to be signed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -118,7 +120,20 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(token)
     else:
         print(exec_credential(token, expiration, api_version=api_version))
+    _skip_final_collection(env)
     return 0
+
+
+def _skip_final_collection(env: Mapping[str, str]) -> None:
+    """Spare the exiting process its last garbage collection.
+
+    Once the line is printed the process only exits, but with botocore loaded the interpreter's
+    final collection walks every object it created: about 25 ms that kubectl waits on every
+    command. `gc.freeze()` moves them out of the collector's reach. Done only when running as the
+    program (the CLI passes the real `os.environ`), never to an in-process caller.
+    """
+    if env is os.environ:
+        gc.freeze()
 
 
 def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[str, datetime]:
