@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import trio
 
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """A token bucket refilled continuously; it starts full.
@@ -65,8 +67,10 @@ class TokenBucket:
             and nothing was taken.
         """
         self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        # The epsilon absorbs float rounding: a sleep of exactly the wait must find the token,
+        # or a waiter would spin on waits too small to move the clock.
+        if self._tokens >= 1.0 - _EPSILON:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
         return (1.0 - self._tokens) / self.rate
 

@@ -1,0 +1,207 @@
+"""A local STS stand-in that can be told to be slow, fail, reset connections or throttle.
+
+moto (behind tests/fakes/sts_front.py) is the STS for tests about identities; this stand-in is
+the STS for fault tests, where what matters is how the server copes with a bad answer. It is a
+plain threaded HTTP/1.1 server on 127.0.0.1, port 0, answering `GET /?Action=GetCallerIdentity`
+(no signature check) with a configurable identity as JSON, as real STS does when asked for
+JSON. Tell it what to do next with `script(...)`: each request takes the next `Fault` (or `OK`
+once the script is used up), so a test says "reset, then 503, then answer" exactly.
+
+- `OK`: 200 and the identity.
+- `Fault.status(code, body)`: that status and body (`THROTTLE` is STS's 400 `Throttling`).
+- `RESET`: close the connection with a TCP reset, no answer.
+- `Fault.hold()`: answer only once `release()` is called (or the client gives up).
+- `Fault.slow(seconds)`: answer after a delay.
+
+`accept_cluster_ids` makes it answer 403 `SignatureDoesNotMatch` to any other `x-k8s-aws-id`, as
+STS does for a token signed for another cluster. `requests` records each request's cluster ID
+and the fault it got.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+ALICE = {
+    "Arn": "arn:aws:iam::123456789012:user/Alice",
+    "Account": "123456789012",
+    "UserId": "AIDAALICE",
+}
+THROTTLING_BODY = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+    b"<Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+    b"<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
+)
+MISMATCH_BODY = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+    b"<Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>The request signature "
+    b"we calculated does not match the signature you provided.</Message></Error>"
+    b"</ErrorResponse>"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """What the stand-in does with one request."""
+
+    kind: str  # "ok", "status", "reset", "hold", "slow"
+    status: int = 200
+    body: bytes = b""
+    delay: float = 0.0
+
+    @staticmethod
+    def with_status(status: int, body: bytes = b"stand-in failure") -> Fault:
+        """Answer `status` with `body`."""
+        return Fault(kind="status", status=status, body=body)
+
+    @staticmethod
+    def hold() -> Fault:
+        """Answer (OK) only after `StsStandIn.release()`."""
+        return Fault(kind="hold")
+
+    @staticmethod
+    def slow(seconds: float) -> Fault:
+        """Answer (OK) after `seconds`."""
+        return Fault(kind="slow", delay=seconds)
+
+
+OK = Fault(kind="ok")
+RESET = Fault(kind="reset")
+THROTTLE = Fault.with_status(400, THROTTLING_BODY)
+UNAVAILABLE = Fault.with_status(503, b"Service Unavailable")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    """One request the stand-in got: the cluster ID header and the fault applied."""
+
+    cluster_id: str
+    fault: str
+
+
+class StsStandIn:
+    """The stand-in server; `start()` binds 127.0.0.1 port 0, `url` is the STS origin."""
+
+    def __init__(self, *, identity: dict[str, str] | None = None) -> None:
+        self.identity = dict(identity or ALICE)
+        self.accept_cluster_ids: set[str] | None = None
+        self._script: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._closing = threading.Event()
+        self.requests: list[Seen] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> StsStandIn:
+        """Serve in a daemon thread; returns self."""
+        handler = type("Handler", (_Handler,), {"standin": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release held requests, stop serving, close the socket."""
+        self._closing.set()
+        self._released.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def script(self, *faults: Fault) -> None:
+        """Apply `faults` to the next requests, in order; then answer OK again."""
+        with self._lock:
+            self._script.extend(faults)
+
+    def release(self) -> None:
+        """Let every held request answer."""
+        self._released.set()
+
+    def calls(self) -> int:
+        """How many GetCallerIdentity requests arrived so far."""
+        with self._lock:
+            return len(self.requests)
+
+    def token(self, *, signed: datetime | None = None, signature: str = "ab" * 32) -> str:
+        """A well-formed token naming this stand-in (it checks no signature)."""
+        stamp = (signed or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        url = (
+            f"{self.url}/?Action=GetCallerIdentity&Version=2011-06-15"
+            "&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=AKIAALICE%2F{stamp[:8]}%2Fus-east-1%2Fsts%2Faws4_request"
+            f"&X-Amz-Date={stamp}&X-Amz-Expires=60&X-Amz-SignedHeaders=host%3Bx-k8s-aws-id"
+            f"&X-Amz-Signature={signature}"
+        )
+        return "k8s-aws-v1." + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
+
+    def _next(self, cluster_id: str) -> Fault:
+        with self._lock:
+            accepted = self.accept_cluster_ids
+            if accepted is not None and cluster_id not in accepted:
+                fault = Fault.with_status(403, MISMATCH_BODY)
+            else:
+                fault = self._script.popleft() if self._script else OK
+            self.requests.append(Seen(cluster_id=cluster_id, fault=fault.kind))
+            return fault
+
+
+class _Handler(BaseHTTPRequestHandler):
+    standin: StsStandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        """Answer one GetCallerIdentity as the script says."""
+        action = dict(parse_qsl(urlsplit(self.path).query)).get("Action", "")
+        if action != "GetCallerIdentity":
+            self._send(400, b"stand-in answers GetCallerIdentity only")
+            return
+        fault = self.standin._next(self.headers.get("x-k8s-aws-id", ""))
+        if fault.kind == "reset":
+            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault.kind == "hold":
+            self.standin._released.wait()
+        elif fault.kind == "slow":
+            self.standin._closing.wait(fault.delay)
+        if fault.kind == "status":
+            self._send(fault.status, fault.body, content_type="text/xml")
+            return
+        answer = {"GetCallerIdentityResponse": {"GetCallerIdentityResult": self.standin.identity}}
+        self._send(200, json.dumps(answer).encode(), content_type="application/json")
+
+    def _send(self, status: int, body: bytes, *, content_type: str = "text/plain") -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client gave up waiting
