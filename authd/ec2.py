@@ -92,6 +92,7 @@ class PrivateDnsNames:
         metrics: Metrics,
         limits: Ec2Limits | None = None,
         limiter: TokenBucket | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """Set up the lookup; nothing is sent until `run` is started.
 
@@ -100,10 +101,12 @@ class PrivateDnsNames:
             metrics: where calls, batch sizes, failures and cache use are counted.
             limits: defaults when None.
             limiter: the bucket in front of EC2; one from `limits` when None.
+            clock: seconds, for cache expiry; `trio.current_time` when None.
         """
         self.limits = limits = limits or Ec2Limits()
         self._describe = describe
         self._metrics = metrics
+        self._clock = clock or trio.current_time
         self._limiter = limiter or TokenBucket(rate=limits.qps, burst=limits.burst)
         self._in_flight = trio.Semaphore(limits.max_in_flight)
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -141,7 +144,7 @@ class PrivateDnsNames:
         if found is None:
             return None
         name, expires = found
-        if trio.current_time() >= expires:
+        if self._clock() >= expires:
             del self._cache[instance_id]
             return None
         self._cache.move_to_end(instance_id)
@@ -150,7 +153,7 @@ class PrivateDnsNames:
     def _remember(self, instance_id: str, name: str) -> None:
         if self.limits.cache_ttl <= 0 or self.limits.cache_size <= 0:
             return
-        self._cache[instance_id] = (name, trio.current_time() + self.limits.cache_ttl)
+        self._cache[instance_id] = (name, self._clock() + self.limits.cache_ttl)
         self._cache.move_to_end(instance_id)
         while len(self._cache) > self.limits.cache_size:
             self._cache.popitem(last=False)
