@@ -169,7 +169,7 @@ async def test_node_username_renders_the_private_dns_name(aws_env: None, ec2: An
         result = await chain.map(identity, resolve_private_dns=names.resolve)
         assert result.user.username == f"system:node:{dns}"
         unknown = Identity(**{**_fields(identity), "session_name": "i-00000000000000000"})
-        with pytest.raises(TemplateError, match="failed querying private DNS .* not found"):
+        with pytest.raises(TemplateError, match=r"failed querying private DNS .* not found"):
             await chain.map(unknown, resolve_private_dns=names.resolve)
 
 
@@ -243,12 +243,14 @@ async def test_cache_serves_until_the_ttl_ends(recorder: Recorder) -> None:
 
 async def test_same_instance_at_once_is_asked_once(recorder: Recorder) -> None:
     """Thirty kubelets of one node asking at once share one ID in one batch."""
-    async with open_private_dns_names(
-        describe=recorder, metrics=Metrics(process_collector=False)
-    ) as names:
-        async with trio.open_nursery() as nursery:
-            for _ in range(30):
-                nursery.start_soon(names.resolve, "i-cccccccc")
+    async with (
+        open_private_dns_names(
+            describe=recorder, metrics=Metrics(process_collector=False)
+        ) as names,
+        trio.open_nursery() as nursery,
+    ):
+        for _ in range(30):
+            nursery.start_soon(names.resolve, "i-cccccccc")
     assert recorder.batches == [["i-cccccccc"]]
 
 
@@ -296,7 +298,7 @@ async def test_a_hung_ec2_fails_the_lookup_at_its_timeout(recorder: Recorder) ->
     async with open_private_dns_names(
         describe=recorder, metrics=Metrics(process_collector=False), limits=limits
     ) as names:
-        with pytest.raises(Ec2Error, match="no answer from EC2 within 0.2s"):
+        with pytest.raises(Ec2Error, match=r"no answer from EC2 within 0\.2s"):
             await names.resolve("i-ffffffff")
         recorder.gate.set()
 
