@@ -16,6 +16,7 @@ from bench import report
 BENCHES: dict[str, str] = {
     "token": "bench.token_startup",
     "server": "bench.server",
+    "sts": "bench.sts_protection",
 }
 
 
