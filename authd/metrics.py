@@ -40,6 +40,8 @@ GO_DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 E2E_BUCKETS = (1.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0)
 # Reviews are answered from cache in microseconds and by STS in tens of milliseconds.
 REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A file change is applied in tens of milliseconds; seconds mean a large file or a slow disk.
+RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
@@ -195,10 +197,44 @@ class Metrics:
             registry=reg,
         )
         self._init_protection(reg)
+        self.backend_reloads = Counter(
+            "authd_backend_reloads_total",
+            "New snapshots of a backend's mappings swapped in by a reload.",
+            ["backend"],
+            registry=reg,
+        )
+        self.backend_reload_errors = Counter(
+            "authd_backend_reload_errors_total",
+            "Versions of a backend's source rejected (unreadable, unparsable, invalid, deleted); "
+            "the last good snapshot kept serving.",
+            ["backend"],
+            registry=reg,
+        )
+        self.backend_mappings = Gauge(
+            "authd_backend_mappings",
+            "Entries (roles, users, accounts) in a backend's current snapshot.",
+            ["backend"],
+            registry=reg,
+        )
+        self.backend_last_good_load = Gauge(
+            "authd_backend_last_good_load_timestamp_seconds",
+            "Unix time at which a backend's current snapshot was loaded.",
+            ["backend"],
+            registry=reg,
+        )
+        self.backend_reload_latency = Histogram(
+            "authd_backend_reload_latency_seconds",
+            "Seconds from the first file event of a change to its snapshot serving reviews.",
+            ["backend"],
+            buckets=RELOAD_BUCKETS,
+            registry=reg,
+        )
         for reason, decision in DECISION_OF_REASON.items():
             self.reviews.labels(decision=decision, reason=reason)
         for backend in BACKENDS:
             self.backend_errors.labels(backend=backend)
+            self.backend_reloads.labels(backend=backend)
+            self.backend_reload_errors.labels(backend=backend)
         if process_collector:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -288,6 +324,32 @@ class Metrics:
     def reload(self, source: str, *, ok: bool) -> None:
         """A watched source was reloaded (`ok`) or its new version was rejected."""
         self.reloads.labels(source=source, result="ok" if ok else "error").inc()
+
+    def backend_loaded(
+        self, backend: str, *, mappings: int, at: float, latency: float | None = None
+    ) -> None:
+        """A new snapshot of `backend` was swapped in.
+
+        Args:
+            backend: the backend's name (`MountedFile`, `DynamicFile`, ...).
+            mappings: entries in the new snapshot.
+            at: Unix time of the load.
+            latency: seconds from the file event to the swap; None when no event led to it
+                (start-up, SIGHUP, periodic re-read).
+        """
+        self.backend_reloads.labels(backend=backend).inc()
+        self.backend_mappings.labels(backend=backend).set(mappings)
+        self.backend_last_good_load.labels(backend=backend).set(at)
+        if latency is not None:
+            self.backend_reload_latency.labels(backend=backend).observe(latency)
+
+    def backend_reload_failed(self, backend: str) -> None:
+        """A new version of `backend`'s source was rejected; the last good snapshot stays."""
+        self.backend_reload_errors.labels(backend=backend).inc()
+
+    def backend_cleared(self, backend: str) -> None:
+        """`backend` dropped its snapshot (its DynamicFile was deleted): no mappings now."""
+        self.backend_mappings.labels(backend=backend).set(0)
 
     # --- STS and EC2 protection (docs/sts-protection.md) ---
 
