@@ -1,0 +1,522 @@
+"""Watch files through their directories and hand each settled new version to a loader.
+
+watchdog's inotify observer runs in its own thread; its events enter trio only through
+`trio.from_thread.run_sync(..., trio_token=...)`. authd watches the directory that holds a file,
+never the file itself, because files are rarely edited in place (style.md item 5,
+kubernetes/kubernetes#112677):
+
+- editors write a temporary file and rename it over the old one (a new inode);
+- the kubelet swaps the `..data` symlink of a ConfigMap volume, so `config.yaml ->
+  ..data/config.yaml` changes content while nothing happens to `config.yaml` itself;
+- `cp`, `kubectl cp` or a shell redirect truncate and write in place, in several steps;
+- a file is deleted and created again, or its directory does not exist yet.
+
+So an event only says "look again". Each change goes: debounce (no event for `debounce`
+seconds), read until stable (no event, size or mtime change while reading), hash (the same
+bytes as last time are a no-op), then the target parses and validates the bytes in a worker
+thread and swaps one reference in the trio thread. A file that keeps its content changes
+nothing; a periodic re-read (`resync`) catches events the kernel never sent (network file
+systems, a full inotify queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+import trio
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from authd.errors import AuthdError
+
+log = structlog.get_logger("authd.reload")
+
+T = TypeVar("T")
+
+# Opens and reads without writing (our own reads among them) never change content, so the
+# kernel is not asked to report them.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """How long a reloader waits, in seconds.
+
+    Attributes:
+        debounce: quiet time after the last event before the file is read; a multi-step write
+            (truncate, write, write, close) becomes one change.
+        empty_grace: an empty file is often a writer between truncate and write; it is judged
+            (and rejected) only when no event follows for this long.
+        resync: re-read this often even without events (a no-op when the hash is unchanged).
+    """
+
+    debounce: float = 0.05
+    empty_grace: float = 1.0
+    resync: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One settled read of a watched file, as handed to a target.
+
+    Attributes:
+        path: the watched path, as configured.
+        data: the bytes read, or None when the file does not exist.
+        digest: sha256 of `data` (hex), "" when the file does not exist.
+        event_at: `time.monotonic()` of the first file event that led to this read; None for
+            a read at start, on a manual trigger, or by the periodic re-read.
+        trigger: `start`, `event`, `signal` or `resync`.
+    """
+
+    path: str
+    data: bytes | None
+    digest: str
+    event_at: float | None
+    trigger: str
+
+
+class ReloadTarget(Protocol[T]):
+    """What a reloader feeds: parse in a worker thread, then swap (or refuse) in trio."""
+
+    def parse(self, data: bytes) -> T:
+        """Parse and validate one version (worker thread, no shared state touched).
+
+        Raises:
+            AuthdError: the content is broken; the message names file, line and key.
+        """
+        ...
+
+    def apply(self, parsed: T, change: Change) -> None:
+        """Swap the new snapshot in (trio thread, no checkpoint: reviews see old or new)."""
+        ...
+
+    def reject(self, problem: str, change: Change) -> None:
+        """Keep the last good snapshot; report `problem` (unreadable or broken content)."""
+        ...
+
+    def missing(self, change: Change) -> None:
+        """The file does not exist (not yet, or deleted)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The outcome of reading a file once."""
+
+    data: bytes | None
+    digest: str
+    stable: bool
+    error: str | None = None
+
+
+def read_file(path: str) -> _Read:
+    """Read `path` once; `stable` is False when it changed while being read."""
+    try:
+        with open(path, "rb") as stream:
+            before = os.fstat(stream.fileno())
+            data = stream.read()
+            after = os.fstat(stream.fileno())
+    except (FileNotFoundError, NotADirectoryError):
+        return _Read(None, "", stable=True)
+    except OSError as exc:
+        return _Read(None, "", stable=True, error=f"{path}: {exc.strerror or exc}")
+    stable = (
+        before.st_size == after.st_size == len(data) and before.st_mtime_ns == after.st_mtime_ns
+    )
+    return _Read(data, hashlib.sha256(data).hexdigest(), stable=stable)
+
+
+class Subscription:
+    """One watched path's doorbell: rung (from the trio thread) when its directory changes."""
+
+    def __init__(self, path: str, *, on_watch_error: Callable[[str], None] | None) -> None:
+        self.path = os.path.abspath(path)
+        self.generation = 0
+        self.first_event_at: float | None = None
+        self.on_watch_error = on_watch_error
+        self._event = trio.Event()
+        self._rung = trio.Event()
+        # The directories scheduled for this path: dir -> True when it is the parent (any
+        # change there counts), False when it is an ancestor waiting for the parent to appear.
+        self.dirs: dict[str, bool] = {}
+
+    def ring(self, *, event: bool) -> None:
+        """Note a change (or a manual trigger when `event` is False) and wake the reloader."""
+        self.generation += 1
+        if event and self.first_event_at is None:
+            self.first_event_at = time.monotonic()
+        self._event.set()
+        self._rung.set()
+        self._rung = trio.Event()
+
+    async def wait_rung_after(self, generation: int) -> None:
+        """Wait until rung at least once since `generation` was read (tests use it)."""
+        while self.generation <= generation:
+            await self._rung.wait()
+
+    def concerns(self, directory: str, path: str) -> bool:
+        """True when an event on `path` in watched `directory` may change this file."""
+        if self.dirs.get(directory, False) or path == directory:
+            return True
+        # An ancestor watch: only the next component of our own path matters.
+        return self.path == path or self.path.startswith(path.rstrip(os.sep) + os.sep)
+
+    async def wait(self) -> None:
+        """Wait until rung (returns at once if rung since the last `clear`)."""
+        await self._event.wait()
+
+    def clear(self) -> None:
+        """Forget rings so far (the next `wait` blocks until a new one)."""
+        self._event = trio.Event()
+
+    def wanted_dirs(self) -> dict[str, bool]:
+        """The directories to watch now: the parent (or its nearest existing ancestor), plus
+        the directory of a symlink's target when that lies elsewhere."""
+        parent = os.path.dirname(self.path)
+        wanted: dict[str, bool] = {}
+        existing = parent
+        while not os.path.isdir(existing) and existing != os.path.dirname(existing):
+            existing = os.path.dirname(existing)
+        wanted[existing] = existing == parent
+        real_parent = os.path.dirname(os.path.realpath(self.path))
+        if os.path.isdir(real_parent) and not _is_within(real_parent, parent):
+            wanted[real_parent] = True
+        return wanted
+
+
+def _is_within(path: str, directory: str) -> bool:
+    """True when `path` is `directory` or below it."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+@dataclass(slots=True)
+class _Scheduled:
+    """One directory under watch and who listens to it."""
+
+    watch: ObservedWatch
+    inode: tuple[int, int]
+    subscribers: set[Subscription]
+
+
+class _Bridge(FileSystemEventHandler):
+    """Runs in watchdog's thread; hands every event's paths to the trio thread."""
+
+    def __init__(self, watcher: DirectoryWatcher, token: trio.lowlevel.TrioToken) -> None:
+        self._watcher = watcher
+        self._token = token
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        """Forward one event; after trio has finished there is no one left to tell."""
+        paths = [os.fsdecode(event.src_path)]
+        if event.dest_path:
+            paths.append(os.fsdecode(event.dest_path))
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self._watcher.dispatch, paths, trio_token=self._token)
+
+
+class DirectoryWatcher:
+    """One watchdog observer shared by every watched file; directories are watched once.
+
+    Build with `open_directory_watcher()`. All bookkeeping happens in the trio thread.
+    """
+
+    def __init__(self, observer: BaseObserver, token: trio.lowlevel.TrioToken) -> None:
+        self._observer = observer
+        self._handler = _Bridge(self, token)
+        self._scheduled: dict[str, _Scheduled] = {}
+        self._subscriptions: set[Subscription] = set()
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        """The directories under watch now (for tests and logs)."""
+        return tuple(sorted(self._scheduled))
+
+    def subscribe(
+        self, path: str | Path, *, on_watch_error: Callable[[str], None] | None = None
+    ) -> Subscription:
+        """Start watching `path` through its directory; `on_watch_error` hears watch failures."""
+        sub = Subscription(str(path), on_watch_error=on_watch_error)
+        self._subscriptions.add(sub)
+        self.refresh(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop watching for `sub`; directories nobody else needs are released."""
+        self._subscriptions.discard(sub)
+        for directory in list(sub.dirs):
+            self._release(sub, directory)
+        sub.dirs.clear()
+
+    def refresh(self, sub: Subscription) -> None:
+        """Re-arm `sub`'s watches for the directories that exist now.
+
+        A watch whose directory was deleted (or replaced by a new one under the same name)
+        is dropped and made again; a directory that cannot be watched is reported through
+        `on_watch_error` and left to the periodic re-read.
+        """
+        for _ in range(8):  # a directory created while arming changes what is wanted
+            wanted = sub.wanted_dirs()
+            self._arm(sub, wanted)
+            if sub.wanted_dirs() == wanted:
+                return
+
+    def _arm(self, sub: Subscription, wanted: dict[str, bool]) -> None:
+        """Make `sub`'s scheduled directories exactly `wanted`."""
+        for directory in list(sub.dirs):
+            scheduled = self._scheduled.get(directory)
+            stale = scheduled is None or _inode(directory) != scheduled.inode
+            if directory not in wanted or stale:
+                self._release(sub, directory)
+                del sub.dirs[directory]
+        for directory, is_parent in wanted.items():
+            if directory in sub.dirs:
+                sub.dirs[directory] = is_parent
+                continue
+            try:
+                self._acquire(sub, directory)
+            except OSError as exc:
+                problem = f"cannot watch {directory}: {exc.strerror or exc}"
+                log.error("watch failed; falling back to periodic re-reads", error=problem)
+                if sub.on_watch_error is not None:
+                    sub.on_watch_error(problem)
+                continue
+            sub.dirs[directory] = is_parent
+
+    def dispatch(self, paths: list[str]) -> None:
+        """Ring every subscription that an event on `paths` concerns (trio thread)."""
+        for path in paths:
+            directory = os.path.dirname(path)
+            for candidate in (directory, path):
+                scheduled = self._scheduled.get(candidate)
+                if scheduled is None:
+                    continue
+                for sub in list(scheduled.subscribers):
+                    if sub.concerns(candidate, path):
+                        sub.ring(event=True)
+
+    def _acquire(self, sub: Subscription, directory: str) -> None:
+        """Add `sub` to `directory`'s listeners, scheduling the watch if it is the first."""
+        scheduled = self._scheduled.get(directory)
+        inode = _inode(directory)
+        if scheduled is not None and scheduled.inode != inode:
+            self._drop(directory)
+            scheduled = None
+        if scheduled is None:
+            watch = self._observer.schedule(
+                self._handler, directory, recursive=False, event_filter=EVENT_FILTER
+            )
+            scheduled = _Scheduled(watch, inode, set())
+            self._scheduled[directory] = scheduled
+        scheduled.subscribers.add(sub)
+
+    def _release(self, sub: Subscription, directory: str) -> None:
+        """Remove `sub` from `directory`'s listeners; unschedule when none are left."""
+        scheduled = self._scheduled.get(directory)
+        if scheduled is None:
+            return
+        scheduled.subscribers.discard(sub)
+        if not scheduled.subscribers:
+            self._drop(directory)
+
+    def _drop(self, directory: str) -> None:
+        """Unschedule `directory`'s watch (its emitter may already have stopped itself)."""
+        scheduled = self._scheduled.pop(directory)
+        with contextlib.suppress(KeyError, RuntimeError, OSError):
+            self._observer.unschedule(scheduled.watch)
+
+
+def _inode(directory: str) -> tuple[int, int]:
+    """(device, inode) of a directory, or (0, 0) when it is gone."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
+
+
+@contextlib.asynccontextmanager
+async def open_directory_watcher() -> AsyncIterator[DirectoryWatcher]:
+    """Start watchdog's observer thread for the duration of the block.
+
+    Falls back to watchdog's polling observer (with an error logged) when inotify cannot be
+    set up, for example when the per-user instance limit is reached.
+    """
+    token = trio.lowlevel.current_trio_token()
+    observer: BaseObserver
+    try:
+        observer = Observer()
+        observer.start()
+    except OSError as exc:
+        log.error("inotify unavailable; polling for file changes", error=str(exc))
+        observer = PollingObserver(timeout=1.0)
+        observer.start()
+    try:
+        yield DirectoryWatcher(observer, token)
+    finally:
+        observer.stop()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(observer.join, 5.0)
+
+
+class FileReloader(Generic[T]):
+    """Keeps one file's target up to date: watch, debounce, read, hash, parse, swap."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        target: ReloadTarget[T],
+        *,
+        timing: Timing | None = None,
+        digest: str | None = None,
+        on_watch_error: Callable[[str], None] | None = None,
+    ) -> None:
+        """Set up; nothing is watched until `run`.
+
+        Args:
+            path: the file (it and its directory may not exist yet).
+            target: what parses and swaps.
+            timing: waits; the defaults suit production.
+            digest: sha256 of the version already loaded at start, so an unchanged file is
+                not parsed again; None to judge the file once when the watch is armed.
+            on_watch_error: told when a directory cannot be watched (upstream counts these
+                for the DynamicFile); re-reads every `timing.resync` seconds still happen.
+        """
+        self.path = str(path)
+        self._target = target
+        self._timing = timing or Timing()
+        self._digest = digest
+        self._on_watch_error = on_watch_error
+        self._forced = False
+        self._sub: Subscription | None = None
+        self.checks = 0  # settled reads judged so far (tests and benches wait on it)
+        self._checked = trio.Event()
+
+    def trigger(self) -> None:
+        """Re-read and re-apply now, even if the content is unchanged (SIGHUP)."""
+        self._forced = True
+        if self._sub is not None:
+            self._sub.ring(event=False)
+
+    async def wait_checked(self, count: int) -> None:
+        """Wait until at least `count` settled reads have been judged (for tests and benches)."""
+        while self.checks < count:
+            await self._checked.wait()
+
+    async def run(
+        self,
+        watcher: DirectoryWatcher,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Watch until cancelled; `task_status.started()` once the watch is armed and the file
+        has been judged once.
+
+        That first check, made after arming, catches any change made before the watch existed.
+        """
+        sub = watcher.subscribe(self.path, on_watch_error=self._on_watch_error)
+        self._sub = sub
+        try:
+            trigger = "start"
+            while True:
+                change = await self._settle(sub, watcher, trigger)
+                await self._judge(change)
+                if trigger == "start":
+                    task_status.started()
+                with trio.move_on_after(self._timing.resync) as idle:
+                    await sub.wait()
+                trigger = "resync" if idle.cancelled_caught else "event"
+        finally:
+            self._sub = None
+            watcher.unsubscribe(sub)
+
+    async def _settle(self, sub: Subscription, watcher: DirectoryWatcher, trigger: str) -> Change:
+        """Debounce, then read until a read is stable; return the settled version."""
+        while True:
+            while True:  # debounce: wait for a quiet period
+                sub.clear()
+                with trio.move_on_after(self._timing.debounce) as quiet:
+                    await sub.wait()
+                if quiet.cancelled_caught:
+                    break
+            watcher.refresh(sub)  # a directory may have appeared or been replaced
+            generation = sub.generation
+            read = await trio.to_thread.run_sync(read_file, self.path)
+            if sub.generation != generation or not read.stable:
+                continue  # written while we read: settle again
+            if read.data == b"" and not self._forced:
+                with trio.move_on_after(self._timing.empty_grace) as grace:
+                    await sub.wait()
+                if not grace.cancelled_caught:
+                    continue  # the writer went on: settle again
+            event_at, sub.first_event_at = sub.first_event_at, None
+            return Change(
+                path=self.path,
+                data=read.data,
+                digest=read.digest if read.error is None else f"error:{read.error}",
+                event_at=event_at,
+                trigger="signal" if self._forced else trigger,
+            )
+
+    async def _judge(self, change: Change) -> None:
+        """Skip a no-op, else parse off-thread and apply, reject or report missing."""
+        forced, self._forced = self._forced, False
+        try:
+            if change.digest == self._digest and not forced:
+                return
+            self._digest = change.digest
+            if change.digest.startswith("error:"):
+                self._digest = None  # unreadable: look again next time
+                self._target.reject(change.digest.removeprefix("error:"), change)
+            elif change.data is None:
+                self._target.missing(change)
+            elif not change.data:
+                self._target.reject(f"{self.path}: file is empty", change)
+            else:
+                await self._parse_and_apply(change.data, change)
+        finally:
+            self.checks += 1
+            self._checked.set()
+            self._checked = trio.Event()
+
+    async def _parse_and_apply(self, data: bytes, change: Change) -> None:
+        """Parse in a worker thread; swap in the trio thread, or keep the last good one."""
+        try:
+            parsed = await trio.to_thread.run_sync(self._target.parse, data)
+        except AuthdError as exc:
+            self._target.reject(str(exc), change)
+            return
+        except Exception as exc:  # a parser bug must not take the last good mapping down
+            log.exception("could not load file", path=self.path)
+            self._target.reject(f"{self.path}: could not load: {type(exc).__name__}: {exc}", change)
+            return
+        self._target.apply(parsed, change)
