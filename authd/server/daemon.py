@@ -1,9 +1,10 @@
 """Wire the server together and run it: state dir, kubeconfig, backends, listeners, signals.
 
 One nursery tree with one shutdown trigger: SIGTERM or SIGINT sets `shutdown`, the listeners
-stop accepting, in-flight reviews finish, and `run_server` returns. SIGHUP re-reads the config
-file's mappings (and the DynamicFile) and swaps each backend's table atomically; a file that
-does not parse keeps the last good table and marks the backend not ready.
+stop accepting, in-flight reviews finish, and `run_server` returns. The config file and the
+DynamicFile are watched (authd/reload.py, docs/reload.md) and each good new version is swapped
+in atomically; SIGHUP re-reads both at once. A file that does not parse keeps the last good
+table and marks the backend not ready.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ async def run_server(
         shutdown, hard_stop = trio.Event(), trio.CancelScope()
         async with trio.open_nursery() as outer:
             outer.start_soon(_handle_signals, shutdown, backends, hard_stop)
+            # Watches are armed before the listeners open: no change after start is missed.
+            await outer.start(backends.serve_reloads)
             with hard_stop:
                 async with trio.open_nursery() as servers:
                     serve = partial(
@@ -149,7 +152,7 @@ async def _handle_signals(
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading mappings")
-                backends.reload_config()
+                backends.trigger_reload()
             elif shutdown.is_set():
                 scope.cancel()
             else:
