@@ -49,6 +49,7 @@ MEASURE_S = 12
 ROUNDS = 3
 RSS_REVIEWS = 100_000
 TARGET = 0.7
+STS_QPS = 1_000_000
 BIN = Path(sys.executable).parent
 LUA = Path(__file__).resolve().parent / "wrk" / "review.lua"
 PACKAGES = ("wrk", "nginx-light")
@@ -256,12 +257,16 @@ def start_authd(
     daemon itself and its pid is the one to read CPU time and VmRSS from.
     """
     port = free_port()
-    (work / "config.yaml").write_text(CONFIG)
+    # The daemon watches the directory holding its config; keep its own log and the token
+    # files out of it, or every log line would wake the watcher.
+    config = work / "config" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text(CONFIG)
     argv = [
         str(BIN / "authd"),
         "server",
         "--config",
-        str(work / "config.yaml"),
+        str(config),
         "--state-dir",
         str(work / "state"),
         "--generate-kubeconfig",
@@ -270,6 +275,12 @@ def start_authd(
         str(port),
         "--extra-sts-endpoint",
         f"http://127.0.0.1:{sts_port}",
+        # Every review here calls STS on purpose (new tokens); the STS rate limit, which
+        # protects the real STS, would otherwise set the figure instead of authd's cost.
+        "--sts-qps",
+        str(STS_QPS),
+        "--sts-burst",
+        str(STS_QPS),
     ]
     # A set region keeps the daemon away from instance metadata.
     env = {**os.environ, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -595,10 +606,15 @@ def median_sample(samples: list[Sample]) -> Sample:
     return ordered[len(ordered) // 2]
 
 
-def round_ratios(bench: Run, yardstick: str) -> str:
-    """authd's rate over `yardstick`'s in each round, which saw the same machine noise."""
+def round_ratios(bench: Run, yardstick: str) -> list[float]:
+    """authd's rate over `yardstick`'s in each round; a round's servers saw the same noise."""
     pairs = zip(bench.samples[AUTHD], bench.samples[yardstick], strict=True)
-    return ", ".join(f"{a.wrk.rate / y.wrk.rate:.2f}x" for a, y in pairs)
+    return [a.wrk.rate / y.wrk.rate for a, y in pairs]
+
+
+def ratio_text(ratios: list[float]) -> str:
+    """`0.25x, 0.22x, ...`."""
+    return ", ".join(f"{ratio:.2f}x" for ratio in ratios)
 
 
 def render(bench: Run, *, counts: dict[str, float], rss: float, versions: str) -> str:
@@ -616,20 +632,20 @@ def render(bench: Run, *, counts: dict[str, float], rss: float, versions: str) -
         f"{ROUNDS} rounds interleaved, the median round shown. Not pinned: wrk, the server "
         "and (for authd) nginx share the machine's cores, as they would on a small node.",
         "- authd: the real daemon process (`authd server`, MountedFile mapping, default logging: "
-        "one JSON line per review), every review a token never sent before (distinct signature, "
-        "fresh X-Amz-Date), verified and sent to the STS stand-in: nginx on 127.0.0.1 answering "
-        "GetCallerIdentity at once. Yardsticks decode the JSON body and return a constant "
-        "TokenReview of the same size as authd's; same certificate (RSA 2048), TLS 1.2+.",
+        f"one JSON line per review, `--sts-qps {STS_QPS} --sts-burst {STS_QPS}` so STS rate "
+        "limiting is not what is measured), every review a token never sent before (distinct "
+        "signature, fresh X-Amz-Date), verified and sent to the STS stand-in: nginx on "
+        "127.0.0.1 answering GetCallerIdentity at once. Yardsticks decode the JSON body and "
+        "return a constant TokenReview of the same size as authd's; same certificate (RSA "
+        "2048), TLS 1.2+.",
         "",
         "| Server | reviews/s | p50 (ms) | p99 (ms) | server CPU per review (µs) | "
         "rounds (reviews/s) |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    rates: dict[str, float] = {}
     for target in bench.targets:
         samples = bench.samples[target.label]
         shown = median_sample(samples)
-        rates[target.label] = shown.wrk.rate
         cpu_us = shown.cpu_s / shown.wrk.requests * 1e6
         if shown.helper_cpu_s:
             cpu_us_text = (
@@ -642,19 +658,22 @@ def render(bench: Run, *, counts: dict[str, float], rss: float, versions: str) -
             f"{shown.wrk.p99_ms:.2f} | {cpu_us_text} | "
             f"{', '.join(f'{s.wrk.rate:.0f}' for s in samples)} |"
         )
-    authd = rates[AUTHD]
-    hyper = authd / rates[YARDSTICKS["hypercorn"]]
-    bare = authd / rates[YARDSTICKS["h11"]]
+    # The headline ratio is the median of the per-round ratios: noise from other work on the
+    # machine moves a round's servers together, so it cancels within a round.
+    hyper_rounds = round_ratios(bench, YARDSTICKS["hypercorn"])
+    bare_rounds = round_ratios(bench, YARDSTICKS["h11"])
+    hyper, bare = statistics.median(hyper_rounds), statistics.median(bare_rounds)
     verdict = "met" if hyper >= TARGET else "MISSED"
     lines += [
         "",
         f"- authd / hypercorn yardstick: **{hyper:.2f}x** (target >= {TARGET:.1f}x: {verdict}; "
-        f"round by round: {round_ratios(bench, YARDSTICKS['hypercorn'])}).",
-        f"- authd / trio+h11 yardstick: **{bare:.2f}x** (round by round: "
-        f"{round_ratios(bench, YARDSTICKS['h11'])}; its target, for cache hits, comes with the "
+        f"median of the rounds: {ratio_text(hyper_rounds)}).",
+        f"- authd / trio+h11 yardstick: **{bare:.2f}x** (median of the rounds: "
+        f"{ratio_text(bare_rounds)}; its target, for cache hits, comes with the "
         "STS-protection issue).",
         f"- authd RSS (VmRSS) after {sum(counts.values()):,.0f} reviews: **{rss:.1f} MiB** "
-        f"(at start: {bench.rss_start:.1f} MiB). Every review was allowed "
+        f"(at start: {bench.rss_start:.1f} MiB; every token was new, so whatever authd keeps "
+        "per token is at its fullest). Every review was allowed "
         f"(`authd_reviews_total`); {bench.tokens.written:,} distinct tokens were written, "
         "none sent twice.",
     ]
