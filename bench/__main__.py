@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "token": "bench.token_startup",
     "server": "bench.server",
     "sts": "bench.sts_protection",
+    "reload": "bench.reload",
 }
 
 
