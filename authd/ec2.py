@@ -163,9 +163,11 @@ class PrivateDnsNames:
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for first in self._receive:
-                batch = await self._fill([first])
+                # Wait for room (in flight, then rate) before filling: the IDs that queue
+                # meanwhile join this batch, so a saturated EC2 gets full batches of 100.
                 await self._in_flight.acquire()
                 await self._limiter.acquire()
+                batch = await self._fill([first])
                 nursery.start_soon(self._call, batch)
 
     async def _fill(self, batch: list[str]) -> list[str]:
@@ -173,6 +175,10 @@ class PrivateDnsNames:
         with trio.move_on_after(self.limits.batch_window):
             while len(batch) < MAX_BATCH:
                 batch.append(await self._receive.receive())
+        # IDs already queued join too (with a zero window, the wait above takes none).
+        with contextlib.suppress(trio.WouldBlock):
+            while len(batch) < MAX_BATCH:
+                batch.append(self._receive.receive_nowait())
         return batch
 
     async def _call(self, batch: list[str]) -> None:

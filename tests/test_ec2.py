@@ -319,3 +319,21 @@ async def test_too_many_pending_lookups_fail_at_once(recorder: Recorder) -> None
         with pytest.raises(Ec2Error, match="3 instance lookups already pending"):
             await names.resolve("i-99999999")
         recorder.gate.set()
+
+
+async def test_lookups_queued_behind_the_rate_limit_share_the_next_batch(
+    recorder: Recorder,
+) -> None:
+    """Nodes trickling in while EC2's rate is spent are sent together, not one call each."""
+    limits = Ec2Limits(qps=5, burst=1, batch_window=0.001)
+    async with (
+        open_private_dns_names(
+            describe=recorder, metrics=Metrics(process_collector=False), limits=limits
+        ) as names,
+        trio.open_nursery() as nursery,
+    ):
+        for n in range(120):
+            nursery.start_soon(names.resolve, f"i-{n:08d}")
+            await trio.sleep(0.005)  # one node every 5 ms: the arrival pattern under test
+    assert sum(len(b) for b in recorder.batches) == 120
+    assert len(recorder.batches) <= 6
