@@ -63,12 +63,15 @@ async def _verify(settings: Any, token: str, region: str) -> dict[str, Any]:
     from authd.mapping.file import MountedFileTable
     from authd.server.authenticator import utc_now
     from authd.sts import StsClient
+    from authd.stshttp import H11Transport
 
     policy = tokens.EndpointPolicy.create(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
     request = tokens.verify(token, now=utc_now(), policy=policy)
-    async with httpx.AsyncClient(timeout=settings.sts_timeout, follow_redirects=False) as client:
+    async with httpx.AsyncClient(
+        transport=H11Transport(), timeout=settings.sts_timeout, follow_redirects=False
+    ) as client:
         identity = await StsClient(client).get_caller_identity(
             request, cluster_id=settings.cluster_id
         )

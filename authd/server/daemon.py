@@ -27,6 +27,7 @@ from authd.server.backends import Backends
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
 from authd.sts import StsClient
 from authd.stsguard import StsProtection
+from authd.stshttp import H11Transport
 from authd.token import EndpointPolicy
 
 log = structlog.get_logger("authd.server")
@@ -71,7 +72,10 @@ async def run_server(
     )
     timeout = httpx.Timeout(settings.sts_timeout)
     async with (
-        httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+        # H11Transport: one STS GET per new token is much of a review's cost (authd/stshttp.py).
+        httpx.AsyncClient(
+            transport=H11Transport(), timeout=timeout, follow_redirects=False
+        ) as client,
         open_server_private_dns_names(settings, region=region, metrics=metrics) as ec2_names,
     ):
         authenticator = Authenticator(

@@ -1,0 +1,505 @@
+"""An httpx transport for trio that speaks HTTP/1.1 with h11 over a small keep-alive pool.
+
+authd sends one GET to STS per new token, so the cost of that GET is a large part of a review.
+httpx's default transport (httpcore) scans every pooled connection with a `select()` on each
+request and goes through several layers per read; this transport keeps the same interface
+(`httpx.AsyncClient(transport=H11Transport())`, httpx's timeouts and exceptions) and does only
+what one GET needs:
+
+- one pool per origin (scheme, host, port), idle connections kept LIFO: checkout pops the most
+  recently used one and polls only that socket, so it is O(1) however many are idle;
+- at most `max_connections` open at once; beyond that a request waits (the `pool` timeout),
+  and a connection freed for another origin is closed to make room;
+- a connection goes back to the pool only once its response has been read to the end and both
+  sides may go on; any error, an unread body, or `Connection: close` drops it;
+- an idle connection is polled (one `poll()` on that socket alone) before reuse: one the
+  server has closed since is dropped and a new one opened. A request is never sent twice:
+  a connection closed while the request was on its way fails as httpx would, and retrying is
+  the caller's decision (authd's STS guard retries, counts and rate-limits every attempt);
+- httpx's per-request timeouts (`connect`, `read`, `write`, `pool`) apply to each step, and
+  every failure is raised as the httpx exception of the same meaning (ConnectError,
+  ReadTimeout, RemoteProtocolError, ...), so callers classify errors as they would with httpx.
+
+Redirects are httpx's business above the transport (authd never follows them); this transport
+returns a 3xx like any other answer. https uses `trio.SSLStream` with the host as SNI and a
+verifying context unless one is given.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import ssl
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final
+
+import h11
+import httpx
+import trio
+
+__all__ = ["H11Transport"]
+
+Origin = tuple[bytes, str, int]
+
+RECEIVE_SIZE: Final = 65536
+DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+_HTTP11: Final = {"http_version": b"HTTP/1.1"}
+_COALESCE_BYTES: Final = 64 * 1024
+
+
+class H11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over trio TCP (and TLS) streams with a bounded keep-alive pool.
+
+    Use it as `httpx.AsyncClient(transport=H11Transport(), timeout=...)`; close the client (or
+    the transport) to close the idle connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 100,
+        keepalive_expiry: float = 5.0,
+    ) -> None:
+        """Configure the pool.
+
+        Args:
+            ssl_context: the client context for https; default `ssl.create_default_context()`
+                (certificates and host names verified), made on first https use.
+            max_connections: open connections at most, all origins together (at least 1).
+            keepalive_expiry: an idle connection older than this many seconds is not reused.
+
+        Raises:
+            ValueError: `max_connections` below 1 or a negative `keepalive_expiry`.
+        """
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if keepalive_expiry < 0:
+            raise ValueError("keepalive_expiry must not be negative")
+        self._ssl_context = ssl_context
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._open = 0  # connections open or being opened, idle ones included
+        self._waiters: deque[_Waiter] = deque()
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open or being opened right now (idle ones included)."""
+        return self._open
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests waiting for room in the pool right now."""
+        return len(self._waiters)
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections waiting in the pool for a request."""
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` and return the response once its head has arrived.
+
+        The body is read through the response's stream; reading it to the end returns the
+        connection to the pool, closing the response early drops the connection.
+
+        Raises:
+            httpx.TransportError: the httpx exception for what failed (connect, pool, read,
+                write, protocol); a timeout as its `*Timeout` kind.
+        """
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        timeouts = request.extensions.get("timeout", {})
+        conn = await self._checkout(_origin(request.url), timeouts)
+        kept = False
+        try:
+            head = await conn.exchange(request, timeouts)
+            kept = True
+        finally:
+            if not kept:
+                self._discard(conn)
+        return httpx.Response(
+            head.status_code,
+            headers=head.headers.raw_items(),
+            stream=_ResponseStream(self, conn, timeouts.get("read")),
+            extensions={**_HTTP11, "reason_phrase": bytes(head.reason)},
+        )
+
+    async def aclose(self) -> None:
+        """Close every idle connection; connections in use are closed when released."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+                self._open -= 1
+        self._idle.clear()
+
+    # --- the pool ------------------------------------------------------------------------------
+
+    async def _checkout(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
+        """A live idle connection to `origin`, or a new one (waiting for room if at the cap)."""
+        idle = self._idle.get(origin)
+        if idle:
+            conn = idle.pop()
+            if trio.current_time() - conn.idle_since <= self._keepalive_expiry and (
+                conn.looks_alive()
+            ):
+                return conn
+            # Dead or too old (and so, likely, any older one): use its place for a new one.
+            conn.close()
+            return await self._connect(origin, timeouts)
+        if self._open < self._max_connections:
+            self._open += 1
+            return await self._connect(origin, timeouts)
+        if self._close_idle_elsewhere():
+            return await self._connect(origin, timeouts)
+        handed = await self._wait_for_room(origin, timeouts.get("pool"))
+        if handed is None:
+            return await self._connect(origin, timeouts)
+        return handed
+
+    def _close_idle_elsewhere(self) -> bool:
+        """Close the oldest idle connection of any origin to free its place; False if none."""
+        for origin, idle in self._idle.items():
+            if idle:
+                idle.pop(0).close()
+                if not idle:
+                    del self._idle[origin]
+                return True
+        return False
+
+    async def _wait_for_room(self, origin: Origin, within: float | None) -> _Connection | None:
+        """Wait until a connection to `origin` (returned) or a free place (None) is handed over.
+
+        Raises:
+            httpx.PoolTimeout: nothing was handed over within `within` seconds.
+        """
+        waiter = _Waiter(origin)
+        self._waiters.append(waiter)
+        got = False
+        try:
+            with trio.CancelScope(deadline=_expiry(within)):
+                await waiter.event.wait()
+                got = True
+        finally:
+            if got:
+                pass
+            elif waiter.event.is_set():
+                # Handed over in the same instant as a timeout or cancellation: pass it on.
+                self._give_back(waiter.handed)
+            else:
+                self._waiters.remove(waiter)
+        if not got:
+            raise httpx.PoolTimeout(f"no connection free within {within} s (pool timeout)")
+        return waiter.handed
+
+    def _give_back(self, handed: _Connection | None) -> None:
+        """Return what a waiter could not use: a connection to the pool, or its free place."""
+        if handed is None:
+            self._free_place()
+        else:
+            self._release(handed)
+
+    def _release(self, conn: _Connection) -> None:
+        """A connection is free for its next request: hand it to a waiter or keep it idle."""
+        if self._closed:
+            self._discard(conn)
+            return
+        conn.idle_since = trio.current_time()
+        if self._waiters:
+            for waiter in self._waiters:
+                if waiter.origin == conn.origin:
+                    self._waiters.remove(waiter)
+                    waiter.hand(conn)
+                    return
+            # Only other origins wait: this connection's place is worth more to them.
+            conn.close()
+            self._waiters.popleft().hand(None)
+            return
+        self._idle.setdefault(conn.origin, []).append(conn)
+
+    def _discard(self, conn: _Connection) -> None:
+        """Close a connection that cannot be reused and free its place."""
+        conn.close()
+        self._free_place()
+
+    def _free_place(self) -> None:
+        """One connection fewer: let the first waiter open one, or lower the count."""
+        if self._waiters:
+            self._waiters.popleft().hand(None)
+        else:
+            self._open -= 1
+
+    async def _connect(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
+        """Open a connection to `origin` in a place already counted; free it on failure.
+
+        Raises:
+            httpx.ConnectTimeout: TCP connect plus TLS handshake took longer than `connect`.
+            httpx.ConnectError: refused, unreachable, unresolvable, or the TLS handshake failed.
+        """
+        scheme, host, port = origin
+        timeout = timeouts.get("connect")
+        opened: tuple[trio.abc.Stream, trio.SocketStream] | None = None
+        try:
+            with trio.CancelScope(deadline=_expiry(timeout)):
+                opened = await self._open_stream(scheme, host, port)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise httpx.ConnectError(_describe(exc)) from exc
+        finally:
+            if opened is None:
+                self._free_place()
+        if opened is None:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} took over {timeout} s")
+        return _Connection(origin, *opened)
+
+    async def _open_stream(
+        self, scheme: bytes, host: str, port: int
+    ) -> tuple[trio.abc.Stream, trio.SocketStream]:
+        """TCP, then TLS for https; the stream to speak HTTP on and the TCP stream below it."""
+        tcp = await trio.open_tcp_stream(host, port)
+        if scheme != b"https":
+            return tcp, tcp
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=host, https_compatible=True)
+        done = False
+        try:
+            await tls.do_handshake()
+            done = True
+        finally:
+            if not done:  # failed, timed out or cancelled: the socket is ours to close
+                tcp.socket.close()
+        return tls, tcp
+
+
+class _Waiter:
+    """A request waiting for room in the pool, and what it was handed."""
+
+    __slots__ = ("event", "handed", "origin")
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.event = trio.Event()
+        self.handed: _Connection | None = None
+
+    def hand(self, conn: _Connection | None) -> None:
+        """Give this waiter a connection to its origin, or (None) a place to open one."""
+        self.handed = conn
+        self.event.set()
+
+
+class _Connection:
+    """One HTTP/1.1 connection: its stream, socket, h11 state and pool bookkeeping."""
+
+    __slots__ = ("h11", "idle_since", "origin", "stream", "tcp")
+
+    def __init__(self, origin: Origin, stream: trio.abc.Stream, tcp: trio.SocketStream) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.tcp = tcp
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def looks_alive(self) -> bool:
+        """An idle connection must have nothing to read: readable means closed or garbage."""
+        # poll, not select: the daemon may hold over a thousand sockets, past select's limit.
+        poller = select.poll()
+        try:
+            poller.register(self.tcp.socket.fileno(), select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):  # the socket is closed already
+            return False
+
+    def close(self) -> None:
+        """Close the socket now (no TLS close_notify: the peer needs none to free it)."""
+        self.tcp.socket.close()
+
+    async def exchange(
+        self, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> h11.Response:
+        """Send `request` and read the response head.
+
+        Raises:
+            httpx.TransportError: the httpx kind of the failure.
+        """
+        await self._send_request(request, timeouts.get("write"))
+        return await self._receive_head(timeouts.get("read"))
+
+    async def _send_request(self, request: httpx.Request, within: float | None) -> None:
+        """Write the request head, body and end through h11."""
+        conn = self.h11
+        try:
+            head = conn.send(
+                h11.Request(
+                    method=request.method,
+                    target=request.url.raw_path,
+                    headers=request.headers.raw,
+                )
+            )
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc)) from exc
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            # In memory already (always so for a GET): small bodies go in the head's write.
+            body = b"".join(stream)
+            data = (conn.send(h11.Data(data=body)) or b"") if body else b""
+            end = conn.send(h11.EndOfMessage()) or b""
+            if len(data) <= _COALESCE_BYTES:
+                await self._write((head or b"") + data + end, within)
+            else:
+                await self._write(head or b"", within)
+                await self._write(data, within)
+                await self._write(end, within)
+            return
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("H11Transport serves httpx.AsyncClient only")
+        await self._write(head or b"", within)
+        chunks = stream.__aiter__()
+        try:
+            async for chunk in chunks:
+                await self._write(conn.send(h11.Data(data=chunk)) or b"", within)
+        finally:
+            # A failed write leaves the body unread: finalise its generator now, not in the GC.
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
+        await self._write(conn.send(h11.EndOfMessage()) or b"", within)
+
+    async def _write(self, data: bytes, within: float | None) -> None:
+        """Write bytes within `within` seconds."""
+        if not data:
+            return
+        try:
+            with trio.CancelScope(deadline=_expiry(within)) as scope:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.WriteError(_describe(exc)) from exc
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout(f"sending the request took over {within} s")
+
+    async def _receive_head(self, within: float | None) -> h11.Response:
+        """Read events until the final response head (1xx answers are skipped)."""
+        while True:
+            event = self.next_event()
+            if event is h11.NEED_DATA:
+                if not await self.receive(within):
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                continue
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+            # InformationalResponse (100 Continue and the like): the final answer follows.
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        """h11's next event, its protocol errors as httpx's."""
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+
+    async def receive(self, within: float | None) -> bool:
+        """Read what has arrived (within `within` seconds) and feed it to h11; False at the
+        end of the stream (h11 is told so too).
+
+        Raises:
+            httpx.ReadTimeout, httpx.ReadError: as named.
+        """
+        try:
+            with trio.CancelScope(deadline=_expiry(within)) as scope:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.ReadError(_describe(exc)) from exc
+        if scope.cancelled_caught:
+            raise httpx.ReadTimeout(f"no answer within {within} s (read timeout)")
+        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytes-likes
+        return bool(data)
+
+    def finish(self) -> bool:
+        """After the response's end: ready the next cycle; False if the connection must close."""
+        conn = self.h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            return True
+        return False
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body read through h11; the connection goes back to the pool at its end.
+
+    Its own async iterator (not an async generator), so leaving it early leaves nothing for
+    the garbage collector to finalise: `aclose` alone decides the connection's fate.
+    """
+
+    def __init__(self, transport: H11Transport, conn: _Connection, timeout: float | None) -> None:
+        self._transport = transport
+        self._conn: _Connection | None = conn
+        self._timeout = timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        """The body's chunks, chunked or Content-Length framing undone by h11."""
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next chunk of the body; at its end the connection is released.
+
+        Raises:
+            StopAsyncIteration: the body is complete (or the stream was closed).
+            httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError: as named.
+        """
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                # At the end of the stream h11 turns the EOF into an error or ConnectionClosed.
+                await conn.receive(self._timeout)
+            elif isinstance(event, h11.Data):
+                return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._conn = None
+                if conn.finish():
+                    self._transport._release(conn)
+                else:
+                    self._transport._discard(conn)
+                raise StopAsyncIteration
+            else:
+                raise httpx.RemoteProtocolError("Server disconnected in the middle of the body.")
+
+    async def aclose(self) -> None:
+        """Drop the connection unless the body was read to its end (then it is pooled)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._transport._discard(conn)
+
+
+def _origin(url: httpx.URL) -> Origin:
+    """(scheme, host, port) of `url`; the port defaults by scheme.
+
+    Raises:
+        httpx.UnsupportedProtocol: a scheme other than http and https.
+    """
+    scheme = url.raw_scheme
+    default = DEFAULT_PORTS.get(scheme)
+    if default is None:
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+    return scheme, url.host, url.port or default
+
+
+def _expiry(timeout: float | None) -> float:
+    """The trio deadline `timeout` seconds from now (never, for None)."""
+    return math.inf if timeout is None else trio.current_time() + timeout
+
+
+def _describe(exc: BaseException) -> str:
+    """The text of an exception and, when it only wraps another (trio does), of the cause."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        return f"{text}: {cause}" if str(exc) else str(cause)
+    return text
