@@ -24,6 +24,7 @@ from authd.errors import (
     StsUnavailableError,
 )
 from authd.identity import Identity
+from authd.stshttp import BodyReadError, H11Transport
 from authd.token import PresignedRequest
 
 CLUSTER_ID_HEADER = "x-k8s-aws-id"
@@ -45,9 +46,18 @@ class StsClient:
     redirects are refused here in any case, since following one could reach another host.
     """
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        """Use `http` for every call; the caller owns and closes it."""
+    def __init__(self, http: httpx.AsyncClient, *, direct: H11Transport | None = None) -> None:
+        """Use `http` for every call; the caller owns and closes it.
+
+        Args:
+            http: the shared client; its timeouts apply to every call.
+            direct: the client's own `H11Transport`, when it has one: GETs then go through
+                `direct.get`, skipping httpx's request and response objects (the daemon's hot
+                path); the pool is the client's either way.
+        """
         self._http = http
+        self._direct = direct
+        self._timeouts = http.timeout.as_dict()
 
     async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
         """Send the presigned GET with this server's cluster ID and return who signed it.
@@ -71,6 +81,8 @@ class StsClient:
     async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
         """One GET, never following redirects; returns status, body and content type."""
         headers = {CLUSTER_ID_HEADER: cluster_id, "accept": "application/json"}
+        if self._direct is not None:
+            return await self._fetch_direct(request, headers)
         outgoing = self._http.build_request("GET", request.url, headers=headers)
         try:
             response = await self._http.send(outgoing, stream=True, follow_redirects=False)
@@ -83,6 +95,25 @@ class StsClient:
         finally:
             await response.aclose()
         return response.status_code, body, response.headers.get("content-type", "")
+
+    async def _fetch_direct(
+        self, request: PresignedRequest, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        """`_fetch` through `H11Transport.get`, with the same errors and texts."""
+        assert self._direct is not None
+        try:
+            answer = await self._direct.get(
+                request.url, list(headers.items()), timeouts=self._timeouts, max_body=MAX_BODY_BYTES
+            )
+        except BodyReadError as exc:
+            raise StsUnavailableError(
+                f"error reading HTTP result: {_cause(exc)}", status=exc.status
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise StsUnavailableError(
+                f"error during GET: {_cause(exc)} on {request.region_label} endpoint"
+            ) from exc
+        return answer.status, answer.body, answer.content_type
 
 
 async def _read_body(response: httpx.Response) -> bytes:

@@ -71,16 +71,16 @@ async def run_server(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
     timeout = httpx.Timeout(settings.sts_timeout)
+    # H11Transport: one STS GET per new token is much of a review's cost (authd/stshttp.py);
+    # StsClient sends through it directly, skipping httpx's request/response objects.
+    transport = H11Transport()
     async with (
-        # H11Transport: one STS GET per new token is much of a review's cost (authd/stshttp.py).
-        httpx.AsyncClient(
-            transport=H11Transport(), timeout=timeout, follow_redirects=False
-        ) as client,
+        httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client,
         open_server_private_dns_names(settings, region=region, metrics=metrics) as ec2_names,
     ):
         authenticator = Authenticator(
             policy=policy,
-            sts=StsClient(client),
+            sts=StsClient(client, direct=transport),
             chain=backends.chain,
             cluster_ids=settings.cluster_ids,
             metrics=metrics,
