@@ -10,6 +10,7 @@ gauges, and authd's decision/reason pairs) are created up front.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -104,6 +105,7 @@ class Metrics:
         """
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        self._review_children: dict[tuple[str, str | None, str | None, str | None], Any] = {}
         ns = NAMESPACE
         # --- upstream (metrics.md) ---
         self.authenticate_latency = Histogram(
@@ -263,13 +265,23 @@ class Metrics:
         Raises:
             ValueError: an unknown reason with no explicit decision and result.
         """
-        decision = decision or DECISION_OF_REASON[reason]
-        result = result or UPSTREAM_RESULT[reason]
-        self.authenticate_latency.labels(result=result).observe(seconds)
-        self.reviews.labels(decision=decision, reason=reason).inc()
-        self.review_latency.labels(backend=backend or NO_BACKEND, decision=decision).observe(
-            seconds
-        )
+        key = (reason, backend, decision, result)
+        children = self._review_children.get(key)
+        if children is None:
+            # Resolving three labelled children costs more than the observations themselves;
+            # the label sets are few (reasons x backends), so each is resolved once.
+            decision = decision or DECISION_OF_REASON[reason]
+            result = result or UPSTREAM_RESULT[reason]
+            children = (
+                self.authenticate_latency.labels(result=result),
+                self.reviews.labels(decision=decision, reason=reason),
+                self.review_latency.labels(backend=backend or NO_BACKEND, decision=decision),
+            )
+            self._review_children[key] = children
+        upstream_latency, count, latency = children
+        upstream_latency.observe(seconds)
+        count.inc()
+        latency.observe(seconds)
 
     # --- STS ---
 

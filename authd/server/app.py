@@ -7,9 +7,10 @@ docs/migration.md for why authd does not.
 
 from __future__ import annotations
 
+import itertools
 import math
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,8 +32,13 @@ from authd.server.http import Request, Response
 
 log = structlog.get_logger("authd.review")
 
+# Request IDs: a random per-process prefix and a counter, unique without a uuid4 per review.
+_RUN_ID = secrets.token_hex(4)
+_REVIEWS = itertools.count(1)
+
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
+_JSON_HEADERS = (("content-type", JSON),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +103,8 @@ class App:
     async def authenticate(self, request: Request) -> Response:
         """Answer one TokenReview and write its one log line."""
         started = time.perf_counter()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:16])
+        # The review's log fields; the authenticator adds who STS said signed, once known.
+        fields: dict[str, object] = {"request_id": f"{_RUN_ID}{next(_REVIEWS):08x}"}
         api_version = review.API_VERSIONS[1]
         backend = ""
         try:
@@ -106,38 +112,34 @@ class App:
             api_version = parsed.api_version
             if not parsed.token:
                 raise TokenFormatError("token is missing")
-            verdict = await self._authenticator.authenticate(parsed.token)
+            verdict = await self._authenticator.authenticate(parsed.token, log_fields=fields)
         except AuthdError as exc:
-            outcome = outcome_of(exc)
+            outcome, reason = outcome_of(exc), exc.reason
             response = _refusal(outcome, exc, api_version)
-            fields: dict[str, object] = {"reason": exc.reason, "error": str(exc)}
+            fields["error"] = str(exc)
         else:
-            outcome, backend = ALLOWED, verdict.backend
+            outcome, reason, backend = ALLOWED, "", verdict.backend
             body = review.allow(api_version, verdict.user)
-            response = Response(status=200, headers=(("content-type", JSON),), body=body)
-            fields = {
-                "username": verdict.user.username,
-                "groups": list(verdict.user.groups),
-                "reason": "",
-            }
+            response = Response(status=200, headers=_JSON_HEADERS, body=body)
+            fields["username"] = verdict.user.username
+            fields["groups"] = list(verdict.user.groups)
         elapsed = time.perf_counter() - started
         self._metrics.observe_review(
             result=outcome.result,
             decision=outcome.decision,
-            reason=str(fields["reason"]) or "ok",
+            reason=reason or "ok",
             backend=backend,
             seconds=elapsed,
         )
         log.info(
             "review",
             decision=outcome.decision,
+            reason=reason,
             backend=backend,
             latency_ms=round(elapsed * 1000, 3),
             **fields,
         )
-        structlog.contextvars.clear_contextvars()
         return response
-
 
 
 def _refusal(outcome: Outcome, exc: AuthdError, api_version: str) -> Response:

@@ -3,8 +3,8 @@
 STS is asked through `authd.stsguard.StsGuard`, so a token already verified is answered from
 its cache, and the mapping always runs (a mapping change applies to the next review).
 
-The identity STS reports is bound to structlog's context variables as soon as it is known, so
-the one log line per review names who was refused and why, even when mapping fails.
+The identity STS reports goes into the caller's log fields as soon as it is known, so the one
+log line per review names who was refused and why, even when mapping fails.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import structlog
 
 from authd import token as tokens
 from authd.identity import Identity, User
@@ -86,8 +84,14 @@ class Authenticator:
         """The mapper chain (the daemon swaps its backends' tables on reload)."""
         return self._chain
 
-    async def authenticate(self, token: str) -> Verdict:
+    async def authenticate(
+        self, token: str, *, log_fields: dict[str, object] | None = None
+    ) -> Verdict:
         """Verify `token` and map its signer.
+
+        `log_fields`, when given, receives who STS said signed (arn, accesskeyid, accountid,
+        userid, session) as soon as it is known, so the review's log line names the caller
+        even when mapping then refuses it.
 
         Raises:
             TokenFormatError: a local check failed; no network request was made.
@@ -101,12 +105,11 @@ class Authenticator:
             request = tokens.verify(token, now=now, policy=self._policy)
             entry = await self.guard.identify(key, request, now=now)
         identity = entry.identity
-        structlog.contextvars.bind_contextvars(
-            arn=identity.canonical_arn,
-            accesskeyid=identity.access_key_id,
-            accountid=identity.account_id,
-            userid=identity.user_id,
-            session=identity.session_name,
-        )
+        if log_fields is not None:
+            log_fields["arn"] = identity.canonical_arn
+            log_fields["accesskeyid"] = identity.access_key_id
+            log_fields["accountid"] = identity.account_id
+            log_fields["userid"] = identity.user_id
+            log_fields["session"] = identity.session_name
         result = await self._chain.map(identity, resolve_private_dns=self._resolve_private_dns)
         return Verdict(user=result.user, identity=identity, backend=result.backend)
