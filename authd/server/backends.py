@@ -71,6 +71,12 @@ class Backends:
                 problem = f"backend {name} is not implemented by this version of authd"
                 log.warning("backend not available", backend=name, problem=problem)
                 backend.mark_not_ready(problem)
+        if settings.dynamic_backend_mode_path:
+            log.warning(
+                "server.dynamicBackendModePath is not implemented by this version of authd; "
+                "the backend mode stays --backend-mode",
+                path=settings.dynamic_backend_mode_path,
+            )
         self.chain = MapperChain(
             list(self.by_name.values()), scrubbed_accounts=settings.scrubbed_accounts
         )
