@@ -21,9 +21,8 @@ CLUSTER = "e2e-cluster"
 
 
 @pytest.fixture
-def identities(iam_user: IamUser, iam_role: IamRole, moto_aws: object) -> tuple[IamUser, IamRole]:
+def identities(iam_user: IamUser, iam_role: IamRole) -> tuple[IamUser, IamRole]:
     """A mapped IAM user and a mapped role, created in moto."""
-    del moto_aws
     return iam_user, iam_role
 
 

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any, Protocol
-
-LOG_LEVELS = ("panic", "fatal", "error", "warning", "warn", "info", "debug", "trace")
-
-
-class CommandModule(Protocol):
-    """What each subcommand module provides."""
-
-    def add_parser(
-        self,
-        sub: argparse._SubParsersAction[argparse.ArgumentParser],
-        parents: list[argparse.ArgumentParser],
-    ) -> None: ...
+from typing import Any
 
 
 def global_flags() -> argparse.ArgumentParser:
