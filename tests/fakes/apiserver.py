@@ -14,8 +14,7 @@ import base64
 import json
 import ssl
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.fakes.loopback import LoopbackServer
 
 UNAUTHORIZED = {
     "kind": "Status",
@@ -111,24 +112,23 @@ class FakeApiServer:
         self.ca_file, key_file = serving_cert(Path(self._dir.name))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.ca_file, key_file)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._context = context
+        self._server: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
         """`https://127.0.0.1:<port>`."""
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        assert self._server is not None, "start() first"
+        return self._server.url
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread.start()
+        self._server = LoopbackServer(_handler_for(self), tls=self._context)
 
     def stop(self) -> None:
         """Stop serving and remove the certificate files."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._server is not None:
+            self._server.stop()
         self._dir.cleanup()
 
 

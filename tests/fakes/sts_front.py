@@ -31,9 +31,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "upgrade"}
 STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -125,15 +127,13 @@ class StsFront:
         self._refusals: dict[str, Refusal] = {}
         self._lock = threading.Lock()
         self.seen: list[Seen] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
         """`http://127.0.0.1:<port>`, the STS endpoint for code under test."""
         assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def start(self) -> None:
         """Bind a free loopback port and serve in a daemon thread."""
@@ -143,18 +143,12 @@ class StsFront:
             pass
 
         Handler.front = front
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(Handler)
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop()
 
     def learn(self, access_key_id: str, secret_access_key: str) -> None:
         """Remember a secret the front could not see pass through."""

@@ -28,9 +28,11 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 ALICE = {
     "Arn": "arn:aws:iam::123456789012:user/Alice",
@@ -100,23 +102,18 @@ class StsStandIn:
         self._released = threading.Event()
         self._closing = threading.Event()
         self.requests: list[Seen] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
         """`http://127.0.0.1:<port>`."""
         assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def start(self) -> StsStandIn:
         """Serve in a daemon thread; returns self."""
         handler = type("Handler", (_Handler,), {"standin": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(handler)
         return self
 
     def stop(self) -> None:
@@ -124,10 +121,7 @@ class StsStandIn:
         self._closing.set()
         self._released.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop()
 
     def script(self, *faults: Fault) -> None:
         """Apply `faults` to the next requests, in order; then answer OK again."""
