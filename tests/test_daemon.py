@@ -225,3 +225,18 @@ def test_init_writes_upstream_files_into_the_current_directory(tmp_path: Path) -
     kubeconfig = yaml.safe_load((tmp_path / "aws-iam-authenticator.kubeconfig").read_text())
     assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://localhost:21362/authenticate"
     assert "copy cert.pem to /var/aws-iam-authenticator/cert.pem" in out.stderr
+
+
+def test_unreadable_keypair_is_fatal_and_said_once(tmp_path: Path, config: Path) -> None:
+    """A cert.pem that does not parse stops start-up with exit 1, named once, never replaced."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "cert.pem").write_text("junk")
+    (state / "key.pem").write_text("junk")
+    proc = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    assert proc.proc.wait(timeout=20) == 1
+    proc.stop()
+    text = "".join(proc.lines)
+    assert text.count("could not load/generate a certificate") == 1
+    assert f"{state / 'cert.pem'}" in text
+    assert (state / "cert.pem").read_text() == "junk"

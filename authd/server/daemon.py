@@ -18,7 +18,6 @@ import trio
 
 from authd.config import ServerSettings
 from authd.ec2 import open_server_private_dns_names
-from authd.errors import AuthdError
 from authd.metrics import Metrics
 from authd.server import kubeconfig, tls
 from authd.server.app import App
@@ -34,13 +33,14 @@ log = structlog.get_logger("authd.server")
 
 
 def write_state(settings: ServerSettings) -> tls.KeyPair:
-    """Load or create the key pair, and write the webhook kubeconfig unless pregenerated."""
-    try:
-        pair = tls.load_or_create_keypair(
-            settings.state_dir, address=settings.address, hostname=settings.hostname
-        )
-    except AuthdError as exc:
-        raise type(exc)(f"could not load/generate a certificate: {exc}") from exc
+    """Load or create the key pair, and write the webhook kubeconfig unless pregenerated.
+
+    Raises:
+        ConfigError: from `tls` ("could not load/generate a certificate: ...") or `kubeconfig`.
+    """
+    pair = tls.load_or_create_keypair(
+        settings.state_dir, address=settings.address, hostname=settings.hostname
+    )
     if not settings.kubeconfig_pregenerated:
         text = kubeconfig.render_kubeconfig(
             cert_pem=pair.cert_pem, hostname=settings.hostname, port=settings.port
