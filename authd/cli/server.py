@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authd import __commit__, __version__
+
+if TYPE_CHECKING:
+    from authd.config import ServerSettings
 
 # argparse dest -> ServerSettings attribute, for the flags this command adds.
 FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -65,7 +68,7 @@ def given_flags(args: argparse.Namespace, names: Mapping[str, object]) -> dict[s
 
 def load_settings(
     args: argparse.Namespace, env: Mapping[str, str], names: Mapping[str, object]
-) -> Any:
+) -> ServerSettings:
     """Resolve ServerSettings from flags, env and `--config` (which must exist and parse)."""
     from authd.config import FileConfig, ServerSettings
 

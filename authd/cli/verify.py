@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authd.errors import AuthdError
+
+if TYPE_CHECKING:
+    from authd.config import ServerSettings
 
 FLAGS: dict[str, object] = {"partition": None, "extra_sts_endpoints": None}
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-async def _verify(settings: Any, token: str, region: str) -> dict[str, Any]:
+async def _verify(settings: ServerSettings, token: str, region: str) -> dict[str, Any]:
     import httpx
 
     from authd import token as tokens
