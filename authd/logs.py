@@ -12,17 +12,20 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from authd import jsoncodec
 from authd.errors import ConfigError
 
 __all__ = [
     "LEVELS",
     "REDACTED",
+    "add_timestamp",
     "configure",
     "parse_level",
     "processors",
@@ -74,6 +77,10 @@ def parse_level(name: str) -> int:
 def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog and the standard `logging` module for the whole process.
 
+    Call it once per process, before logging: each logger binds its output on first use
+    (structlog's production setting; binding on every line would cost more than rendering it).
+    A later call changes loggers not used yet, and the standard `logging` ones.
+
     Args:
         fmt: `json` (one object per line) or `text` (key=value with full timestamps). Anything
             else logs upstream's warning and uses text.
@@ -87,7 +94,7 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
     out = stream if stream is not None else sys.stderr
     unknown_format = fmt not in FORMATS
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_text)
         if fmt == "json"
         # key=value lines with full timestamps, like upstream's logrus text formatter.
         else structlog.processors.LogfmtRenderer(
@@ -98,8 +105,7 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         processors=[*processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        # Not cached: `configure` may run again (tests, CLI re-parsing) and must take effect.
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     _configure_stdlib(out, threshold, trace=level.lower() == "trace", renderer=renderer)
     if unknown_format:
@@ -108,19 +114,43 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         )
 
 
+def _json_text(value: Any, **options: Any) -> str:
+    """structlog's serializer: one compact JSON object (orjson, see authd.jsoncodec)."""
+    return jsoncodec.dumps(value, **options).decode()
+
+
 def processors() -> list[Processor]:
-    """authd's processor chain up to the renderer: context, level, time, traceback, redaction.
+    """authd's processor chain up to the renderer: level, time, traceback, redaction.
 
     Tests pass it to `structlog.testing.capture_logs(processors=...)` to see each line as it
     would be rendered, redaction included.
     """
     return [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         structlog.processors.format_exc_info,
         redact,
     ]
+
+
+class _LastSecond:
+    """The last second formatted, kept as one (second, text) tuple so that threads logging at
+    once never see half an update."""
+
+    value: tuple[int, str] = (-1, "")
+
+
+def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: `timestamp` in UTC ISO 8601 with microseconds, as TimeStamper's
+    `fmt="iso", utc=True` writes it (`2024-01-15T12:00:00.123456Z`), at a third of its cost."""
+    now = time.time()
+    second = int(now)
+    last = _LastSecond.value
+    if second != last[0]:
+        last = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _LastSecond.value = last
+    event_dict["timestamp"] = f"{last[1]}.{int((now - second) * 1e6):06d}Z"
+    return event_dict
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -131,9 +161,8 @@ def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, renderer: Pro
     """Route `logging` records (botocore, httpx, ...) through the same redaction and renderer."""
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_timestamp,
             structlog.stdlib.add_logger_name,
         ],
         processors=[
@@ -156,9 +185,53 @@ def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, renderer: Pro
 
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace tokens, signatures and secret-named fields by `[REDACTED]`."""
+    if _plainly_clean(event_dict):
+        return event_dict
     for key in list(event_dict):
         event_dict[key] = _redact_value(event_dict[key], key)
     return event_dict
+
+
+def _plainly_clean(event_dict: EventDict) -> bool:
+    """True when one look shows `event_dict` holds no secret, so nothing needs replacing.
+
+    That is: no field is named like a secret, every value is a scalar or a list or tuple of
+    strings, and the strings, checked together, are ASCII and hold no secret marker. This is
+    every review line, and costs a fraction of checking field by field; anything else (a
+    mapping, an exception, non-ASCII text, a marker anywhere) takes the field-by-field path.
+    """
+    if _secret_names(tuple(event_dict)):
+        return False
+    texts: list[str] = []
+    for value in event_dict.values():
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif kind is list or kind is tuple:
+            for item in value:
+                if type(item) is not str:
+                    return False
+                texts.append(item)
+        elif not (value is None or kind is bool or kind is int or kind is float):
+            return False
+    text = "\n".join(texts)
+    return text.isascii() and not _has_marker(text.lower())
+
+
+@functools.lru_cache(maxsize=256)
+def _secret_names(keys: tuple[str, ...]) -> bool:
+    """True when any of `keys` is a secret's name (memoised: lines reuse a few key sets)."""
+    return any(_secret_key(key) for key in keys)
+
+
+def _has_marker(low: str) -> bool:
+    """True when lower-cased ASCII `low` holds something that may start a secret."""
+    return (
+        "k8s-aws-v1." in low
+        or "signature" in low
+        or "x-amz-security-token" in low
+        or "x-amz-credential-secret" in low
+    )
 
 
 def redact_text(text: str) -> str:
@@ -166,15 +239,8 @@ def redact_text(text: str) -> str:
     # Most values (ARNs, names, IDs) hold no secret; for ASCII text a lower-cased substring test
     # decides that far faster than the case-insensitive regex. Non-ASCII text always takes the
     # regex: under IGNORECASE some non-ASCII letters (the long s, the Kelvin sign) match too.
-    if text.isascii():
-        low = text.lower()
-        if not (
-            "k8s-aws-v1." in low
-            or "signature" in low
-            or "x-amz-security-token" in low
-            or "x-amz-credential-secret" in low
-        ):
-            return text
+    if text.isascii() and not _has_marker(text.lower()):
+        return text
     return _SECRET_TEXT.sub(_replace, text)
 
 

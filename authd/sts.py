@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import httpx
 
+from authd import jsoncodec
 from authd.arn import PrincipalType, canonicalize
 from authd.errors import (
     ArnError,
@@ -196,7 +197,7 @@ def _unreadable(problem: str, content_type: str) -> StsUnavailableError:
 def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
     """Arn, Account and UserId from `GetCallerIdentityResponse.GetCallerIdentityResult`."""
     try:
-        document = json.loads(body)
+        document = jsoncodec.loads(body)
     except (ValueError, RecursionError) as exc:  # bad JSON or text, or absurd nesting
         raise _unreadable(str(exc), content_type) from exc
     result = _member(_member(document, _RESPONSE), _RESULT)

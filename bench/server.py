@@ -287,7 +287,7 @@ def start_authd(
     log = work / "authd.log"
     process = spawn(stack, argv, log=log, env=env)
     wait_until(
-        lambda: '"event": "listening"' in log.read_text(errors="replace"),
+        lambda: '"event":"listening"' in log.read_text(errors="replace"),
         what="authd",
         process=process,
         log=log,

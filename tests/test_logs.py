@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import structlog
@@ -162,3 +164,23 @@ def test_real_process_stderr_never_shows_a_token() -> None:
     assert [x["event"].split(" ")[0] for x in lines] == ["denied", "GET", "seen"]
     for secret in SECRETS:
         assert secret not in result.stderr
+
+
+def test_timestamp_is_iso_utc_with_microseconds_like_structlogs() -> None:
+    """authd's stamper writes what structlog's TimeStamper(fmt="iso", utc=True) writes."""
+    before = datetime.now(UTC)
+    ours = logs.add_timestamp(None, "info", {})["timestamp"]
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ours)
+    assert len(ours) == len(theirs)
+    stamped = datetime.fromisoformat(ours.replace("Z", "+00:00"))
+    assert before <= stamped <= datetime.now(UTC)
+
+
+def test_clean_lines_are_left_alone_and_any_secret_takes_the_careful_path() -> None:
+    """A review-like line passes through unchanged; a marker in any string is redacted."""
+    line = {"event": "review", "arn": "arn:aws:iam::1:user/a", "groups": ["dev"], "n": 1}
+    assert logs.redact(None, "info", dict(line)) == line
+    for value in ([f"x {TOKEN}"], f"see {URL}", ("\u017fignature=abc",)):
+        redacted = logs.redact(None, "info", {"event": "e", "v": value})
+        assert not any(secret in repr(redacted) for secret in (*SECRETS, "=abc"))

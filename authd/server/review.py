@@ -5,10 +5,10 @@ Pure functions over bytes and frozen values; no HTTP and no verification here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from authd import jsoncodec
 from authd.errors import BadRequestError
 from authd.identity import User
 
@@ -52,8 +52,8 @@ def parse_request(body: bytes) -> ReviewRequest:
     if not body:
         raise BadRequestError("expected a request body")
     try:
-        doc: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc: Any = jsoncodec.loads(body)
+    except ValueError as exc:
         raise BadRequestError(f"expected a request body to be a TokenReview: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequestError("expected a request body to be a TokenReview: not a JSON object")
@@ -96,4 +96,4 @@ def _answer(api_version: str, status: ReviewStatus) -> bytes:
         "spec": {},
         "status": status,
     }
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    return jsoncodec.dumps(doc) + b"\n"
