@@ -386,6 +386,29 @@ async def test_started_second_head_gets_the_header_timeout(
         assert trio.current_time() - begin == pytest.approx(10)
 
 
+async def test_slow_handler_is_not_cut_by_the_header_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A handler may take longer than the 10 s header timeout: it and the wait for the next
+    request share the 60 s idle timeout, counted from the moment the handler is called."""
+
+    async def slow(request: Request) -> Response:
+        await trio.sleep(15)
+        return Response(status=200, body=b"late")
+
+    client, server = trio.testing.memory_stream_pair()
+    raw = Raw(client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_stream, server, slow)
+        begin = trio.current_time()
+        await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = await raw.response()
+        assert (status, body) == (200, b"late")
+        assert trio.current_time() - begin == pytest.approx(15)
+        assert await raw.closed() == b""
+        assert trio.current_time() - begin == pytest.approx(60)
+
+
 async def test_stalled_body_gets_408(autojump_clock: trio.abc.Clock) -> None:
     """A body that stops arriving is answered 408 after the body timeout."""
     raw, start = await _memory_server(Limits(body_timeout=5))

@@ -8,8 +8,8 @@ are enforced here, so a handler only ever sees a complete, bounded request:
   from Content-Length before reading, and while reading chunked bodies);
 - a head not complete `header_timeout` after the connection opened or its first byte arrived,
   or a body stalled past `body_timeout` -> 408 (when it can still be written) and close;
-- writing a response and then waiting for the next request share `idle_timeout`: a client
-  that neither reads nor sends for that long is closed;
+- answering a request (handler and write) and then waiting for the next request share
+  `idle_timeout`: a client that neither reads nor sends for that long is closed;
 - at most `max_connections` at once: beyond that, new connections wait in the listen backlog;
 - TLS handshake failures, garbage and protocol errors (400) end one connection, never the server;
   a handler that raises answers 500 and is logged.
@@ -354,10 +354,11 @@ class _Connection:
         """Serve one request; True when the connection may carry another.
 
         Deadlines: the first head is due `header_timeout` after accept (TLS handshake
-        included). Later, the response write and the wait for the next request share
-        `idle_timeout`, set when the handler returns; once a request's first byte arrives its
-        head is due within `header_timeout`, its body within `body_timeout` if it must be
-        waited for. The handler itself has no deadline here.
+        included). Once a request's first byte arrives its head is due within
+        `header_timeout`, its body within `body_timeout` if it must be waited for. The handler,
+        the response write and the wait for the next request then share `idle_timeout`, set
+        when the handler is called (the review handler bounds itself far below it: STS calls
+        end within `--sts-timeout`).
         """
         conn = self.conn
         limits = self.limits
@@ -383,9 +384,10 @@ class _Connection:
             if body is None:
                 return False
             self.phase = "answer"
-            scope.deadline = math.inf
-            response = await self._call(request, body)
+            # One deadline for the handler, the response write and the wait for the next
+            # request: moving a trio deadline costs microseconds, so it moves once per request.
             scope.deadline = trio.current_time() + limits.idle_timeout
+            response = await self._call(request, body)
             await self._send(response, head=request.method == b"HEAD")
         except (h11.RemoteProtocolError, _BodyTooLarge, _HeadTooLarge) as exc:
             await self._refuse(exc.error_status_hint)
