@@ -186,22 +186,19 @@ async def _render_entry(
     resolve: PrivateDnsResolver | None,
 ) -> tuple[str, tuple[str, ...]]:
     """Render the username then each group; one EC2 lookup serves all of them."""
-    dns: list[str] = []
-
-    async def one(template: str, what: str) -> str:
+    rendered: list[str] = []
+    dns: str | None = None
+    for what, template in (("username", entry.username), *(("group", g) for g in entry.groups)):
         try:
-            if needs_private_dns(template) and not dns:
-                dns.append(await _private_dns(identity, resolve))
-            return render(template, identity, private_dns_name=dns[0] if dns else None)
+            if dns is None and needs_private_dns(template):
+                dns = await _private_dns(identity, resolve)
+            rendered.append(render(template, identity, private_dns_name=dns))
         except TemplateError as exc:
             raise TemplateError(
                 f"mapper {name} renderTemplates error: error rendering {what} template "
                 f"{go_quote(template)}: {exc}"
             ) from exc
-
-    username = await one(entry.username, "username")
-    groups = tuple([await one(group, "group") for group in entry.groups])
-    return username, groups
+    return rendered[0], tuple(rendered[1:])
 
 
 async def _private_dns(identity: Identity, resolve: PrivateDnsResolver | None) -> str:

@@ -43,6 +43,8 @@ def render(template: str, identity: Identity, *, private_dns_name: str | None = 
         TemplateError: the template needs the private DNS name, the session name is not an
             instance ID, or `private_dns_name` was not given.
     """
+    if "{{" not in template:
+        return template
     text = template
     if needs_private_dns(text):
         instance_id(identity)
