@@ -38,7 +38,7 @@ _REVIEWS = itertools.count(1)
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
-_JSON_HEADERS = (("content-type", JSON),)
+_JSON_HEADERS = ((b"content-type", JSON.encode()),)
 
 
 @dataclass(frozen=True, slots=True)
