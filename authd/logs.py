@@ -4,6 +4,10 @@ Every line, authd's own and those of libraries logging through `logging` (botoco
 passes through `redact`: a token (`k8s-aws-v1.` ...), a presigned URL's `X-Amz-Signature` or
 `X-Amz-Security-Token`, and any field named like a token, signature, secret or password are
 replaced by `[REDACTED]` before rendering. Upstream's level names are accepted.
+
+The one line per review (authd's access log, thousands a second under load) has its own writer,
+`review_log`: for JSON it renders and writes the line in one step, with the same keys, order,
+timestamp and redaction as structlog's lines, at well under half their cost.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any, TextIO
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -25,13 +30,19 @@ from authd.errors import ConfigError
 __all__ = [
     "LEVELS",
     "REDACTED",
+    "ReviewLog",
     "add_timestamp",
     "configure",
+    "log_review",
     "parse_level",
     "processors",
     "redact",
     "redact_text",
+    "review_log",
 ]
+
+ReviewLog = Callable[[dict[str, Any]], None]
+"""Writes one review's line from its fields (the caller's dict; the writer may add to it)."""
 
 REDACTED = "[REDACTED]"
 
@@ -108,10 +119,66 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(out, threshold, trace=level.lower() == "trace", renderer=renderer)
+    _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=out)
     if unknown_format:
         structlog.get_logger("authd").warning(
             f"Unknown log format specified ({fmt}), will use default text formatter instead."
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Output:
+    """What the last `configure` chose: JSON or not, the level threshold, the stream."""
+
+    json: bool
+    threshold: int
+    stream: TextIO
+
+    current: ClassVar[_Output | None] = None
+
+
+def review_log() -> ReviewLog:
+    """The writer of the one line per review for the current configuration.
+
+    After `configure` with JSON at info or below: it adds `event`, `level` and `timestamp`,
+    renders the line, checks the rendered line for secrets in one look (`_clean_line`),
+    redacting field by field only when that look finds something, and writes it. The daemon
+    builds it once, after `configure`. Otherwise (text lines, a level above info, not
+    configured), it is `log_review`, an ordinary structlog line.
+    """
+    output = _Output.current
+    if output is None or not output.json or output.threshold > logging.INFO:
+        return log_review
+    stream = output.stream
+
+    def write(fields: dict[str, Any]) -> None:
+        fields["event"] = "review"
+        fields["level"] = "info"
+        add_timestamp(None, "info", fields)
+        line = _json_text(fields, default=repr)
+        if not _clean_line(fields, line):
+            line = _json_text(redact(None, "info", fields), default=repr)
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
+
+
+def log_review(fields: dict[str, Any]) -> None:
+    """A review's line through structlog (tests capture it with `capture_logs`)."""
+    structlog.get_logger("authd.review").info("review", **fields)
+
+
+def _clean_line(fields: dict[str, Any], line: str) -> bool:
+    """True when `line`, the rendering of flat `fields`, shows no secret in one look: no field
+    named like a secret, no nested object (its keys are not checked here), ASCII only, and no
+    secret marker anywhere in the text."""
+    return (
+        not _secret_names(tuple(fields))
+        and line.count("{") == 1
+        and line.isascii()
+        and not _has_marker(line.lower())
+    )
 
 
 def _json_text(value: Any, **options: Any) -> str:

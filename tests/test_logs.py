@@ -34,10 +34,12 @@ def _restore_logging() -> Iterator[None]:
     """Put structlog and the root logger back as they were after each test."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    output = logs._Output.current
     yield
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+    logs._Output.current = output
 
 
 @pytest.mark.parametrize(
@@ -184,3 +186,82 @@ def test_clean_lines_are_left_alone_and_any_secret_takes_the_careful_path() -> N
     for value in ([f"x {TOKEN}"], f"see {URL}", ("\u017fignature=abc",)):
         redacted = logs.redact(None, "info", {"event": "e", "v": value})
         assert not any(secret in repr(redacted) for secret in (*SECRETS, "=abc"))
+
+
+def review_fields(**extra: object) -> dict[str, object]:
+    """A review line's fields, as authd.server.app passes them."""
+    return {
+        "decision": "allow",
+        "reason": "",
+        "backend": "MountedFile",
+        "latency_ms": 0.038,
+        "request_id": "b2d0be3500001ad9",
+        "arn": "arn:aws:iam::123456789012:user/Alice",
+        "accesskeyid": "AKIAALICE",
+        "username": "alice",
+        "groups": ["dev", "ops"],
+        **extra,
+    }
+
+
+def test_review_log_writes_what_structlog_writes() -> None:
+    """The review writer's line has structlog's keys, order and values; only the time differs."""
+    ours, theirs = io.StringIO(), io.StringIO()
+    logs.configure(fmt="json", level="info", stream=ours)
+    write = logs.review_log()
+    assert write is not logs.log_review
+    write(review_fields())
+    logs.configure(fmt="json", level="info", stream=theirs)
+    structlog.get_logger("authd.review.reference").info("review", **review_fields())
+    [line], [reference] = ours.getvalue().splitlines(), theirs.getvalue().splitlines()
+    mine, expected = json.loads(line), json.loads(reference)
+    assert list(mine) == list(expected)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", mine.pop("timestamp"))
+    expected.pop("timestamp")
+    assert mine == expected
+    assert line.startswith('{"decision":"allow"')
+
+
+@pytest.mark.parametrize(
+    ("extra", "hidden"),
+    [
+        ({"error": f"invalid token {TOKEN}"}, SECRETS[0]),
+        ({"url": URL}, SIGNATURE),
+        ({"detail": {"password": "hunter2"}}, "hunter2"),  # nested: the key decides
+        ({"X-Amz-Security-Token": "abc123"}, "abc123"),
+        ({"session": "caf\u00e9", "note": "\u017fignature=abc"}, "=abc"),
+    ],
+)
+def test_review_log_redacts_every_secret(extra: dict[str, object], hidden: str) -> None:
+    """Whatever the one-look check cannot clear is redacted field by field before writing."""
+    out = io.StringIO()
+    logs.configure(fmt="json", level="info", stream=out)
+    logs.review_log()(review_fields(**extra))
+    line = out.getvalue()
+    assert hidden not in line
+    assert logs.REDACTED in line
+    assert json.loads(line)["username"] == "alice"
+
+
+def test_review_log_keeps_non_ascii_text() -> None:
+    """Non-ASCII text takes the careful path and is written unchanged when it holds no secret."""
+    out = io.StringIO()
+    logs.configure(fmt="json", level="info", stream=out)
+    logs.review_log()(review_fields(session="caf\u00e9", groups=["\u65e5\u672c"]))
+    line = json.loads(out.getvalue())
+    assert (line["session"], line["groups"]) == ("caf\u00e9", ["\u65e5\u672c"])
+
+
+def test_review_log_in_text_format_or_above_info_goes_through_structlog() -> None:
+    """Text lines and quieter levels use structlog's path: logfmt, or nothing at warning."""
+    out = io.StringIO()
+    logs.configure(fmt="text", level="info", stream=out)
+    write = logs.review_log()
+    assert write is logs.log_review
+    write(review_fields())
+    assert "event=review" in out.getvalue()
+    assert "username=alice" in out.getvalue()
+    quiet = io.StringIO()
+    logs.configure(fmt="json", level="warning", stream=quiet)
+    logs.review_log()(review_fields())
+    assert quiet.getvalue() == ""

@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from authd.errors import (
     AuthdError,
     BadRequestError,
@@ -25,12 +23,11 @@ from authd.errors import (
     StsUnavailableError,
     TokenFormatError,
 )
+from authd.logs import ReviewLog, log_review
 from authd.metrics import Metrics
 from authd.server import review
 from authd.server.authenticator import Authenticator
 from authd.server.http import Request, Response
-
-log = structlog.get_logger("authd.review")
 
 # Request IDs: a random per-process prefix and a counter, unique without a uuid4 per review.
 _RUN_ID = secrets.token_hex(4)
@@ -79,10 +76,19 @@ class App:
         authenticator: Authenticator,
         metrics: Metrics,
         ready: Callable[[], tuple[bool, str]] | None = None,
+        review_log: ReviewLog = log_review,
     ) -> None:
+        """Wire the routes.
+
+        Args:
+            ready: /readyz's check (ready, why); /readyz is not served when None.
+            review_log: writes the one line per review; the daemon passes
+                `authd.logs.review_log()`, the default goes through structlog.
+        """
         self._authenticator = authenticator
         self._metrics = metrics
         self._ready = ready
+        self._review_log = review_log
 
     async def __call__(self, request: Request) -> Response:
         """Answer one HTTP request; never raises for bad input."""
@@ -131,13 +137,14 @@ class App:
             backend=backend,
             seconds=elapsed,
         )
-        log.info(
-            "review",
-            decision=outcome.decision,
-            reason=reason,
-            backend=backend,
-            latency_ms=round(elapsed * 1000, 3),
-            **fields,
+        self._review_log(
+            {
+                "decision": outcome.decision,
+                "reason": reason,
+                "backend": backend,
+                "latency_ms": round(elapsed * 1000, 3),
+                **fields,
+            }
         )
         return response
 

@@ -16,6 +16,7 @@ import httpx
 import structlog
 import trio
 
+from authd import logs
 from authd.config import ServerSettings
 from authd.ec2 import open_server_private_dns_names
 from authd.metrics import Metrics
@@ -87,7 +88,12 @@ async def run_server(
             protection=StsProtection.from_settings(settings),
             resolve_private_dns=ec2_names.resolve,
         )
-        app = App(authenticator=authenticator, metrics=metrics, ready=backends.readiness)
+        app = App(
+            authenticator=authenticator,
+            metrics=metrics,
+            ready=backends.readiness,
+            review_log=logs.review_log(),
+        )
         shutdown, hard_stop = trio.Event(), trio.CancelScope()
         async with trio.open_nursery() as outer:
             outer.start_soon(_handle_signals, shutdown, backends, hard_stop)
