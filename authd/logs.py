@@ -1,13 +1,15 @@
 """Logging setup: structlog configured once, JSON or text lines on stderr, secrets redacted.
 
-Every line, authd's own and those of libraries logging through `logging` (botocore, httpx),
-passes through `redact`: a token (`k8s-aws-v1.` ...), a presigned URL's `X-Amz-Signature` or
+Every line, authd's own and those of libraries logging through `logging` (botocore, httpx), is
+redacted: a token (`k8s-aws-v1.` ...), a presigned URL's `X-Amz-Signature` or
 `X-Amz-Security-Token`, and any field named like a token, signature, secret or password are
-replaced by `[REDACTED]` before rendering. Upstream's level names are accepted.
+replaced by `[REDACTED]` (`redact`). JSON lines are rendered first and cleared in one look at the
+rendered text, which holds for nearly every line; only a line that look cannot clear goes field
+by field (`render_json`). Upstream's level names are accepted.
 
 The one line per review (authd's access log, thousands a second under load) has its own writer,
-`review_log`: for JSON it renders and writes the line in one step, with the same keys, order,
-timestamp and redaction as structlog's lines, at well under half their cost.
+`review_log`: the same keys, order, timestamp and redaction as structlog's lines, without
+structlog's per-line dispatch, which cost more than rendering the line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "processors",
     "redact",
     "redact_text",
+    "render_json",
     "review_log",
 ]
 
@@ -104,21 +107,25 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
     threshold = parse_level(level)
     out = stream if stream is not None else sys.stderr
     unknown_format = fmt not in FORMATS
-    renderer: Processor = (
-        structlog.processors.JSONRenderer(serializer=_json_text)
+    # JSON lines are redacted by their renderer (`render_json`); text lines by `redact`.
+    finish: list[Processor] = (
+        [render_json]
         if fmt == "json"
         # key=value lines with full timestamps, like upstream's logrus text formatter.
-        else structlog.processors.LogfmtRenderer(
-            key_order=["timestamp", "level", "event"], drop_missing=True
-        )
+        else [
+            redact,
+            structlog.processors.LogfmtRenderer(
+                key_order=["timestamp", "level", "event"], drop_missing=True
+            ),
+        ]
     )
     structlog.configure(
-        processors=[*processors(), renderer],
+        processors=[*_PREPARE, *finish],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    _configure_stdlib(out, threshold, trace=level.lower() == "trace", renderer=renderer)
+    _configure_stdlib(out, threshold, trace=level.lower() == "trace", finish=finish)
     _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=out)
     if unknown_format:
         structlog.get_logger("authd").warning(
@@ -141,9 +148,8 @@ def review_log() -> ReviewLog:
     """The writer of the one line per review for the current configuration.
 
     After `configure` with JSON at info or below: it adds `event`, `level` and `timestamp`,
-    renders the line, checks the rendered line for secrets in one look (`_clean_line`),
-    redacting field by field only when that look finds something, and writes it. The daemon
-    builds it once, after `configure`. Otherwise (text lines, a level above info, not
+    renders and redacts the line with `render_json`, as structlog would, and writes it. The
+    daemon builds it once, after `configure`. Otherwise (text lines, a level above info, not
     configured), it is `log_review`, an ordinary structlog line.
     """
     output = _Output.current
@@ -154,10 +160,7 @@ def review_log() -> ReviewLog:
     def write(fields: dict[str, Any]) -> None:
         fields["event"] = "review"
         fields["level"] = "info"
-        add_timestamp(None, "info", fields)
-        line = _json_text(fields, default=repr)
-        if not _clean_line(fields, line):
-            line = _json_text(redact(None, "info", fields), default=repr)
+        line = render_json(None, "info", add_timestamp(None, "info", fields))
         stream.write(line + "\n")
         stream.flush()
 
@@ -169,21 +172,29 @@ def log_review(fields: dict[str, Any]) -> None:
     structlog.get_logger("authd.review").info("review", **fields)
 
 
-def _clean_line(fields: dict[str, Any], line: str) -> bool:
-    """True when `line`, the rendering of flat `fields`, shows no secret in one look: no field
-    named like a secret, no nested object (its keys are not checked here), ASCII only, and no
-    secret marker anywhere in the text."""
-    return (
-        not _secret_names(tuple(fields))
+def render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    """structlog's last processor for JSON lines: render with orjson, then make sure no secret
+    is in the line.
+
+    One look at the rendered line clears nearly every line: no field named like a secret, no
+    nested object (its keys would need checking), ASCII only, and no secret marker anywhere in
+    the text. A line that look cannot clear is redacted field by field (`redact`) and rendered
+    again, so what is written is what `redact` would let through.
+    """
+    line = _json_text(event_dict)
+    if (
+        not _secret_names(tuple(event_dict))
         and line.count("{") == 1
         and line.isascii()
         and not _has_marker(line.lower())
-    )
+    ):
+        return line
+    return _json_text(redact(logger, method, event_dict))
 
 
-def _json_text(value: Any, **options: Any) -> str:
-    """structlog's serializer: one compact JSON object (orjson, see authd.jsoncodec)."""
-    return jsoncodec.dumps(value, **options).decode()
+def _json_text(value: Any) -> str:
+    """One compact JSON object (orjson, see authd.jsoncodec); other objects as their repr."""
+    return jsoncodec.dumps(value, default=repr).decode()
 
 
 def processors() -> list[Processor]:
@@ -192,12 +203,7 @@ def processors() -> list[Processor]:
     Tests pass it to `structlog.testing.capture_logs(processors=...)` to see each line as it
     would be rendered, redaction included.
     """
-    return [
-        structlog.processors.add_log_level,
-        add_timestamp,
-        structlog.processors.format_exc_info,
-        redact,
-    ]
+    return [*_PREPARE, redact]
 
 
 class _LastSecond:
@@ -220,12 +226,21 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     return event_dict
 
 
+# What every line gets before it is redacted and rendered.
+_PREPARE: tuple[Processor, ...] = (
+    structlog.processors.add_log_level,
+    add_timestamp,
+    structlog.processors.format_exc_info,
+)
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler authd installs, marked so a new `configure` can replace it."""
 
 
-def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, renderer: Processor) -> None:
-    """Route `logging` records (botocore, httpx, ...) through the same redaction and renderer."""
+def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, finish: list[Processor]) -> None:
+    """Route `logging` records (botocore, httpx, ...) through the same redaction and renderer
+    (`finish`)."""
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.processors.add_log_level,
@@ -235,8 +250,7 @@ def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, renderer: Pro
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            redact,
-            renderer,
+            *finish,
         ],
     )
     handler = _Handler(out)
@@ -252,37 +266,9 @@ def _configure_stdlib(out: TextIO, threshold: int, *, trace: bool, renderer: Pro
 
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace tokens, signatures and secret-named fields by `[REDACTED]`."""
-    if _plainly_clean(event_dict):
-        return event_dict
     for key in list(event_dict):
         event_dict[key] = _redact_value(event_dict[key], key)
     return event_dict
-
-
-def _plainly_clean(event_dict: EventDict) -> bool:
-    """True when one look shows `event_dict` holds no secret, so nothing needs replacing.
-
-    That is: no field is named like a secret, every value is a scalar or a list or tuple of
-    strings, and the strings, checked together, are ASCII and hold no secret marker. This is
-    every review line, and costs a fraction of checking field by field; anything else (a
-    mapping, an exception, non-ASCII text, a marker anywhere) takes the field-by-field path.
-    """
-    if _secret_names(tuple(event_dict)):
-        return False
-    texts: list[str] = []
-    for value in event_dict.values():
-        kind = type(value)
-        if kind is str:
-            texts.append(value)
-        elif kind is list or kind is tuple:
-            for item in value:
-                if type(item) is not str:
-                    return False
-                texts.append(item)
-        elif not (value is None or kind is bool or kind is int or kind is float):
-            return False
-    text = "\n".join(texts)
-    return text.isascii() and not _has_marker(text.lower())
 
 
 @functools.lru_cache(maxsize=256)

@@ -65,7 +65,7 @@ CLUSTER = "bench"
 TOKENS = 200
 REVIEW_EVERY = timedelta(minutes=2)
 REVIEWS_PER_TOKEN = 7  # minutes 0, 2, ..., 12 of a token used for 14 minutes
-ROUNDS = 3
+ROUNDS = 5  # this shared 2-core machine varies by 20% between rounds
 WARMUP_S = 3
 MEASURE_S = 10
 HIT_TARGET = 0.6

@@ -179,13 +179,15 @@ def test_timestamp_is_iso_utc_with_microseconds_like_structlogs() -> None:
     assert before <= stamped <= datetime.now(UTC)
 
 
-def test_clean_lines_are_left_alone_and_any_secret_takes_the_careful_path() -> None:
-    """A review-like line passes through unchanged; a marker in any string is redacted."""
+def test_render_json_clears_clean_lines_and_redacts_the_rest() -> None:
+    """A line with no secret is rendered as is; anything the one look cannot clear (a marker in
+    any string, a nested object, non-ASCII text) is redacted field by field first."""
     line = {"event": "review", "arn": "arn:aws:iam::1:user/a", "groups": ["dev"], "n": 1}
-    assert logs.redact(None, "info", dict(line)) == line
-    for value in ([f"x {TOKEN}"], f"see {URL}", ("\u017fignature=abc",)):
-        redacted = logs.redact(None, "info", {"event": "e", "v": value})
-        assert not any(secret in repr(redacted) for secret in (*SECRETS, "=abc"))
+    assert logs.render_json(None, "info", dict(line)) == json.dumps(line, separators=(",", ":"))
+    for value in ([f"x {TOKEN}"], f"see {URL}", ("\u017fignature=abc",), {"password": "pw1"}):
+        rendered = logs.render_json(None, "info", {"event": "e", "v": value})
+        assert not any(secret in rendered for secret in (*SECRETS, "=abc", "pw1"))
+        assert logs.REDACTED in rendered
 
 
 def review_fields(**extra: object) -> dict[str, object]:
