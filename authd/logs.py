@@ -14,6 +14,7 @@ structlog's per-line dispatch, which cost more than rendering the line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -21,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -105,7 +106,8 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         ConfigError: an invalid level, with upstream's message.
     """
     threshold = parse_level(level)
-    out = stream if stream is not None else sys.stderr
+    # structlog and logging need only write() and flush(); they are typed for a TextIO.
+    out = cast(TextIO, _Unfailing(stream if stream is not None else sys.stderr))
     unknown_format = fmt not in FORMATS
     # JSON lines are redacted by their renderer (`render_json`); text lines by `redact`.
     finish: list[Processor] = (
@@ -131,6 +133,26 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         structlog.get_logger("authd").warning(
             f"Unknown log format specified ({fmt}), will use default text formatter instead."
         )
+
+
+class _Unfailing:
+    """The log stream, with write errors dropped: a line that cannot be written (journald
+    restarting, a closed pipe) must not fail the review or reload that logged it."""
+
+    __slots__ = ("__weakref__", "_stream")
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

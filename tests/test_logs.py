@@ -267,3 +267,27 @@ def test_review_log_in_text_format_or_above_info_goes_through_structlog() -> Non
     logs.configure(fmt="json", level="warning", stream=quiet)
     logs.review_log()(review_fields())
     assert quiet.getvalue() == ""
+
+
+class BrokenStream(io.StringIO):
+    """A log stream that fails as stderr does when journald restarts or a pipe closes."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_log_that_cannot_be_written_does_not_fail_the_caller(fmt: str) -> None:
+    """Write errors are dropped: structlog lines, library lines and review lines all return."""
+    logs.configure(fmt=fmt, level="info", stream=BrokenStream())
+    structlog.get_logger("authd.test").warning("still here", n=1)
+    logging.getLogger("botocore.test").warning("still here")
+    logs.review_log()(review_fields())
+    closed = io.StringIO()
+    logs.configure(fmt=fmt, level="info", stream=closed)
+    closed.close()  # writing to a closed stream raises ValueError
+    structlog.get_logger("authd.test").warning("still here")
+    logs.review_log()(review_fields())
