@@ -40,9 +40,14 @@ def loads(data: bytes | str) -> Any:
     """The value `data` holds.
 
     Raises:
-        ValueError: `data` is not JSON (also for bytes that are not UTF-8, UTF-16 or UTF-32).
+        ValueError: `data` is not JSON (also for bytes that are not UTF-8, UTF-16 or UTF-32,
+            and for nesting deeper than the json module can follow).
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -198,7 +198,7 @@ def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
     """Arn, Account and UserId from `GetCallerIdentityResponse.GetCallerIdentityResult`."""
     try:
         document = jsoncodec.loads(body)
-    except (ValueError, RecursionError) as exc:  # bad JSON or text, or absurd nesting
+    except ValueError as exc:  # bad JSON or text, or absurd nesting
         raise _unreadable(str(exc), content_type) from exc
     result = _member(_member(document, _RESPONSE), _RESULT)
     if not isinstance(result, dict):

@@ -197,7 +197,9 @@ async def test_mapping_refusals_are_cacheable_denials(arn: str, user_id: str, re
         b'{"apiVersion": "authentication.k8s.io/v1", "kind": "SubjectAccessReview"}',
         b'{"apiVersion": "authentication.k8s.io/v2", "kind": "TokenReview"}',
         b'{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": 7}}',
+        b"[" * 500_000 + b"]" * 500_000,  # 1 MB of nesting, the body limit
     ],
+    ids=["empty", "text", "array", "kind", "version", "token-type", "nesting"],
 )
 async def test_malformed_requests_get_400(body: bytes) -> None:
     """A body that is not a v1/v1beta1 TokenReview gets 400 with a reason, never a 500."""

@@ -54,8 +54,10 @@ def test_loads_reads_integers_beyond_64_bits_as_floats() -> None:
     assert jsoncodec.loads(b'{"n":123456789012345678901234567890}') == {"n": 1.2345678901234568e29}
 
 
-@pytest.mark.parametrize("data", [b"", b"{", b"\xff\xfe\xfd", b'{"a":1}x'])
+@pytest.mark.parametrize(
+    "data", [b"", b"{", b"\xff\xfe\xfd", b'{"a":1}x', b"[" * 200_000 + b"]" * 200_000]
+)
 def test_loads_refuses_what_is_not_json_with_value_error(data: bytes) -> None:
-    """Broken JSON and undecodable bytes are a ValueError, as json.loads says."""
+    """Broken JSON, undecodable bytes and absurd nesting are a ValueError."""
     with pytest.raises(ValueError):
         jsoncodec.loads(data)
