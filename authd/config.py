@@ -431,6 +431,8 @@ class FileConfig:
                 json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{exc.lineno}: {exc.msg}") from exc
+            except RecursionError:
+                raise ConfigError(f"{path}: exceeded maximum nesting depth") from None
         warnings: list[str] = []
         root = _tree(text, src=path, warnings=warnings)
         if root is None:

@@ -458,6 +458,7 @@ def test_dynamicfile_entry_without_key_rejects_whole_file(
         (b'{"mapRoles": [{"rolearn": 5}]}', "rolearn: expected a string"),
         (b'{"mapUsers": [{"userarn": "a", "groups": "g"}]}', "groups: expected a list"),
         (b'{"mapAccounts": [123]}', "mapAccounts: expected a list of strings"),
+        (b"[" * 100_000 + b"]" * 100_000, "exceeded maximum nesting depth"),
     ],
 )
 def test_dynamicfile_bad_documents_are_rejected(data: bytes, fragment: str) -> None:

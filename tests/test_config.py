@@ -94,6 +94,14 @@ def test_json_config_syntax_error_and_lines(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("path", ["c.json", "c.yaml"])
+def test_absurd_nesting_is_a_config_error(path: str) -> None:
+    """Deeply nested JSON or YAML is refused with the file's name, not a RecursionError."""
+    text = '{"clusterID": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(ConfigError, match=rf"^{path}(:\d+)?: exceeded maximum nesting depth"):
+        _file(text, path=path)
+
+
 def _error_file(text: str, path: str) -> str:
     """The ConfigError text of resolving settings from config text under a name."""
     with pytest.raises(ConfigError) as caught:

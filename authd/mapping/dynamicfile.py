@@ -99,6 +99,10 @@ class DynamicFileTable:
             document = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: could not unmarshal dynamic file: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(
+                f"{path}: could not unmarshal dynamic file: exceeded maximum nesting depth"
+            ) from None
         top = _fields(document, path)
         warnings: list[str] = []
         problems: list[str] = []
