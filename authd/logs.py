@@ -107,7 +107,8 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
     """
     threshold = parse_level(level)
     # structlog and logging need only write() and flush(); they are typed for a TextIO.
-    out = cast(TextIO, _Unfailing(stream if stream is not None else sys.stderr))
+    raw = stream if stream is not None else sys.stderr
+    out = cast(TextIO, _Unfailing(raw))
     unknown_format = fmt not in FORMATS
     # JSON lines are redacted by their renderer (`render_json`); text lines by `redact`.
     finish: list[Processor] = (
@@ -128,7 +129,7 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(out, threshold, trace=level.lower() == "trace", finish=finish)
-    _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=out)
+    _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=raw)
     if unknown_format:
         structlog.get_logger("authd").warning(
             f"Unknown log format specified ({fmt}), will use default text formatter instead."
@@ -157,7 +158,8 @@ class _Unfailing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Output:
-    """What the last `configure` chose: JSON or not, the level threshold, the stream."""
+    """What the last `configure` chose: JSON or not, the level threshold, the stream (as
+    given, not wrapped: the review writer drops write errors itself)."""
 
     json: bool
     threshold: int
@@ -183,8 +185,11 @@ def review_log() -> ReviewLog:
         fields["event"] = "review"
         fields["level"] = "info"
         line = render_json(None, "info", add_timestamp(None, "info", fields))
-        stream.write(line + "\n")
-        stream.flush()
+        try:  # as _Unfailing, in one step: this runs on every review
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
     return write
 
