@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from authd import jsoncodec
 from authd.arn import PARTITIONS, canonicalize
 from authd.errors import ArnError, ConfigError
 
@@ -428,11 +429,11 @@ class FileConfig:
         is_json = path.lower().endswith(".json") if json_format is None else json_format
         if is_json:
             try:
-                json.loads(text)
+                jsoncodec.loads(text)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{exc.lineno}: {exc.msg}") from exc
-            except RecursionError:
-                raise ConfigError(f"{path}: exceeded maximum nesting depth") from None
+            except ValueError as exc:  # nesting too deep for the json module
+                raise ConfigError(f"{path}: {exc}") from None
         warnings: list[str] = []
         root = _tree(text, src=path, warnings=warnings)
         if root is None:

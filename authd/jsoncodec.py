@@ -50,4 +50,4 @@ def loads(data: bytes | str) -> Any:
     try:
         return json.loads(data)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise ValueError("exceeded maximum nesting depth") from None

@@ -273,7 +273,7 @@ async def test_long_error_body_is_shortened() -> None:
         (b'{"Error": "nope"}', "application/json", "no GetCallerIdentityResponse"),
         (b"<GetCallerIdentityResponse><oops>", "text/xml", "invalid XML"),
         (b'{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Arn":1}}}', "", "strings"),
-        (b"[" * 100000, "application/json", "nested too deeply"),
+        (b"[" * 100000, "application/json", "exceeded maximum nesting depth"),
         (
             b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><GetCallerIdentityResponse/>',
             "text/xml",

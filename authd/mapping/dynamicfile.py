@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from authd import jsoncodec
 from authd.arn import PARTITIONS, canonicalize, strip_path
 from authd.errors import ArnError, ConfigError, NotMappedError
 from authd.identity import Identity
@@ -96,13 +97,9 @@ class DynamicFileTable:
                 supplied`, likewise `userarn`); every message starts with `path`.
         """
         try:
-            document = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            document = jsoncodec.loads(data)
+        except ValueError as exc:  # bad JSON, not UTF-8, or nested too deeply
             raise ConfigError(f"{path}: could not unmarshal dynamic file: {exc}") from exc
-        except RecursionError:
-            raise ConfigError(
-                f"{path}: could not unmarshal dynamic file: exceeded maximum nesting depth"
-            ) from None
         top = _fields(document, path)
         warnings: list[str] = []
         problems: list[str] = []
