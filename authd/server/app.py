@@ -109,8 +109,15 @@ class App:
     async def authenticate(self, request: Request) -> Response:
         """Answer one TokenReview and write its one log line."""
         started = time.perf_counter()
-        # The review's log fields; the authenticator adds who STS said signed, once known.
-        fields: dict[str, object] = {"request_id": f"{_RUN_ID}{next(_REVIEWS):08x}"}
+        # The review's log line, in its key order: the outcome (filled in at the end), the
+        # request ID, then who STS said signed (the authenticator adds it, once known).
+        fields: dict[str, object] = {
+            "decision": "",
+            "reason": "",
+            "backend": "",
+            "latency_ms": 0.0,
+            "request_id": f"{_RUN_ID}{next(_REVIEWS):08x}",
+        }
         api_version = review.API_VERSIONS[1]
         backend = ""
         try:
@@ -137,15 +144,11 @@ class App:
             backend=backend,
             seconds=elapsed,
         )
-        self._review_log(
-            {
-                "decision": outcome.decision,
-                "reason": reason,
-                "backend": backend,
-                "latency_ms": round(elapsed * 1000, 3),
-                **fields,
-            }
-        )
+        fields["decision"] = outcome.decision
+        fields["reason"] = reason
+        fields["backend"] = backend
+        fields["latency_ms"] = round(elapsed * 1000, 3)
+        self._review_log(fields)
         return response
 
 
