@@ -9,8 +9,8 @@ gauges, and authd's decision/reason pairs) are created up front.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,9 +22,14 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "BACKENDS",
@@ -105,17 +110,14 @@ class Metrics:
         """
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self._review_children: dict[tuple[str, str | None, str | None, str | None], Any] = {}
         ns = NAMESPACE
         # --- upstream (metrics.md) ---
-        self.authenticate_latency = Histogram(
-            "authenticate_latency_seconds",
-            "Authenticate call latency",
-            ["result"],
-            namespace=ns,
-            buckets=GO_DEFAULT_BUCKETS,
-            registry=reg,
-        )
+        # Every review touches these; they are plain numbers turned into samples at scrape time
+        # (`_ReviewSeries`): upstream's authenticate_latency_seconds{result}, and authd's
+        # authd_reviews_total{decision,reason}, authd_review_latency_seconds{backend,decision}
+        # and authd_identity_cache_hits_total.
+        self.review_series = _ReviewSeries()
+        reg.register(self.review_series)
         self.sts_responses = Counter(
             "sts_responses_total",
             "Sts responses with error code label",
@@ -173,19 +175,6 @@ class Metrics:
             registry=reg,
         )
         # --- authd's own (authd.md section 6) ---
-        self.reviews = Counter(
-            "authd_reviews_total",
-            "TokenReviews answered, by decision (allow, deny, retry) and reason code.",
-            ["decision", "reason"],
-            registry=reg,
-        )
-        self.review_latency = Histogram(
-            "authd_review_latency_seconds",
-            "Seconds from request to answer of a TokenReview, by mapping backend and decision.",
-            ["backend", "decision"],
-            buckets=REVIEW_BUCKETS,
-            registry=reg,
-        )
         self.backend_errors = Counter(
             "authd_backend_errors_total",
             "Errors of a mapping backend (lookup failures, unreadable sources).",
@@ -231,8 +220,6 @@ class Metrics:
             buckets=RELOAD_BUCKETS,
             registry=reg,
         )
-        for reason, decision in DECISION_OF_REASON.items():
-            self.reviews.labels(decision=decision, reason=reason)
         for backend in BACKENDS:
             self.backend_errors.labels(backend=backend)
             self.backend_reloads.labels(backend=backend)
@@ -263,25 +250,11 @@ class Metrics:
             result: upstream's `result` label; derived from `reason` when None.
 
         Raises:
-            ValueError: an unknown reason with no explicit decision and result.
+            KeyError: an unknown reason with no explicit decision and result.
         """
-        key = (reason, backend, decision, result)
-        children = self._review_children.get(key)
-        if children is None:
-            # Resolving three labelled children costs more than the observations themselves;
-            # the label sets are few (reasons x backends), so each is resolved once.
-            decision = decision or DECISION_OF_REASON[reason]
-            result = result or UPSTREAM_RESULT[reason]
-            children = (
-                self.authenticate_latency.labels(result=result),
-                self.reviews.labels(decision=decision, reason=reason),
-                self.review_latency.labels(backend=backend or NO_BACKEND, decision=decision),
-            )
-            self._review_children[key] = children
-        upstream_latency, count, latency = children
-        upstream_latency.observe(seconds)
-        count.inc()
-        latency.observe(seconds)
+        self.review_series.observe(
+            reason=reason, seconds=seconds, backend=backend, decision=decision, result=result
+        )
 
     # --- STS ---
 
@@ -367,11 +340,6 @@ class Metrics:
 
     def _init_protection(self, reg: CollectorRegistry) -> None:
         """authd's series for the identity cache, the STS guard and EC2 lookups, at zero."""
-        self.identity_cache_hits = Counter(
-            "authd_identity_cache_hits_total",
-            "Reviews whose token's identity was in the verified-identity cache.",
-            registry=reg,
-        )
         self.identity_cache_misses = Counter(
             "authd_identity_cache_misses_total",
             "Reviews whose token's identity was not cached (STS is asked).",
@@ -434,7 +402,7 @@ class Metrics:
 
     def identity_cache_hit(self) -> None:
         """A review's token was in the verified-identity cache."""
-        self.identity_cache_hits.inc()
+        self.review_series.cache_hits += 1
 
     def identity_cache_miss(self) -> None:
         """A review's token was not in the verified-identity cache."""
@@ -485,6 +453,151 @@ class Metrics:
         do not expect them would store them as extra series.
         """
         return generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE_PLAIN_0_0_4
+
+
+class _Observed:
+    """One label set's reviews: how many, their total seconds, and per-bucket counts for the
+    upstream (Go default) and authd (REVIEW_BUCKETS) bounds; the last bucket is +Inf."""
+
+    __slots__ = ("count", "go_buckets", "labels", "review_buckets", "total")
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels  # result, decision, reason, backend
+        self.count = 0
+        self.total = 0.0
+        self.go_buckets = [0] * (len(GO_DEFAULT_BUCKETS) + 1)
+        self.review_buckets = [0] * (len(REVIEW_BUCKETS) + 1)
+
+
+_Families = tuple[
+    HistogramMetricFamily, CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily
+]
+
+
+class _ReviewSeries(Collector):
+    """The series every review updates, kept as plain numbers and turned into samples when
+    scraped: upstream's authenticate_latency_seconds{result}, authd_reviews_total{decision,
+    reason} (every pair of authd.md section 4 at zero from the start),
+    authd_review_latency_seconds{backend,decision} and authd_identity_cache_hits_total.
+
+    prometheus_client's metrics take a lock and check their state on each observation: four of
+    them per review cost about 17 us of CPU per review under load (docs/sts-protection.md).
+    Reviews are counted, and /metrics rendered, on the daemon's one trio thread, so plain
+    numbers need no lock.
+    """
+
+    FAMILIES = (
+        (
+            f"{NAMESPACE}_authenticate_latency_seconds",
+            "histogram",
+            ("result",),
+            "Authenticate call latency",
+        ),
+        (
+            "authd_reviews_total",
+            "counter",
+            ("decision", "reason"),
+            "TokenReviews answered, by decision (allow, deny, retry) and reason code.",
+        ),
+        (
+            "authd_review_latency_seconds",
+            "histogram",
+            ("backend", "decision"),
+            "Seconds from request to answer of a TokenReview, by mapping backend and decision.",
+        ),
+        (
+            "authd_identity_cache_hits_total",
+            "counter",
+            (),
+            "Reviews whose token's identity was in the verified-identity cache.",
+        ),
+    )
+
+    def __init__(self) -> None:
+        self.cache_hits = 0
+        self._observed: dict[tuple[str, str | None, str | None, str | None], _Observed] = {}
+
+    def observe(
+        self,
+        *,
+        reason: str,
+        seconds: float,
+        backend: str | None,
+        decision: str | None,
+        result: str | None,
+    ) -> None:
+        """Count one review (see `Metrics.observe_review`).
+
+        Raises:
+            KeyError: an unknown reason with no explicit decision and result.
+        """
+        key = (reason, backend, decision, result)
+        observed = self._observed.get(key)
+        if observed is None:
+            labels = (
+                result or UPSTREAM_RESULT[reason],
+                decision or DECISION_OF_REASON[reason],
+                reason,
+                backend or NO_BACKEND,
+            )
+            observed = self._observed[key] = _Observed(labels)
+        observed.count += 1
+        observed.total += seconds
+        observed.go_buckets[bisect.bisect_left(GO_DEFAULT_BUCKETS, seconds)] += 1
+        observed.review_buckets[bisect.bisect_left(REVIEW_BUCKETS, seconds)] += 1
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (for the registry's duplicate-name check)."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with a sample set per label set seen (and the zeros authd.md asks)."""
+        upstream, reviews, latency, hits = self._families()
+        by_result: dict[str, list[_Observed]] = {}
+        by_backend: dict[tuple[str, str], list[_Observed]] = {}
+        counts = {(decision, reason): 0 for reason, decision in DECISION_OF_REASON.items()}
+        for observed in list(self._observed.values()):
+            result, decision, reason, backend = observed.labels
+            by_result.setdefault(result, []).append(observed)
+            by_backend.setdefault((backend, decision), []).append(observed)
+            counts[decision, reason] = counts.get((decision, reason), 0) + observed.count
+        for result, group in by_result.items():
+            _add_histogram(upstream, [result], group, GO_DEFAULT_BUCKETS, "go_buckets")
+        for (decision, reason), count in counts.items():
+            reviews.add_metric([decision, reason], count)
+        for (backend, decision), group in by_backend.items():
+            _add_histogram(latency, [backend, decision], group, REVIEW_BUCKETS, "review_buckets")
+        hits.add_metric([], self.cache_hits)
+        yield from (upstream, reviews, latency, hits)
+
+    def _families(self) -> _Families:
+        """Fresh, empty families, in FAMILIES order."""
+        (upstream, reviews, latency, hits) = self.FAMILIES
+        return (
+            HistogramMetricFamily(upstream[0], upstream[3], labels=upstream[2]),
+            CounterMetricFamily(reviews[0], reviews[3], labels=reviews[2]),
+            HistogramMetricFamily(latency[0], latency[3], labels=latency[2]),
+            CounterMetricFamily(hits[0], hits[3], labels=hits[2]),
+        )
+
+
+def _add_histogram(
+    family: HistogramMetricFamily,
+    labels: list[str],
+    group: list[_Observed],
+    bounds: Sequence[float],
+    field: str,
+) -> None:
+    """Add one label set's histogram, summing `group`'s per-bucket counts into cumulative ones."""
+    per_bucket = [0] * (len(bounds) + 1)
+    for observed in group:
+        for index, count in enumerate(getattr(observed, field)):
+            per_bucket[index] += count
+    cumulative, buckets = 0, []
+    for bound, count in zip([*map(floatToGoString, bounds), "+Inf"], per_bucket, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    family.add_metric(labels, buckets, sum(observed.total for observed in group))
 
 
 class _WithoutCreated(Collector):

@@ -30,10 +30,16 @@ def collectors(metrics: Metrics) -> list[MetricWrapperBase]:
 
 def render() -> str:
     """The whole reference page as Markdown."""
+    metrics = Metrics(process_collector=False)
+    found = [
+        (_name(metric), metric._type, metric._labelnames, metric._documentation)
+        for metric in collectors(metrics)
+    ]
+    found += metrics.review_series.FAMILIES
     rows = []
-    for metric in collectors(Metrics(process_collector=False)):
-        labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "-"
-        rows.append(f"| `{_name(metric)}` | {metric._type} | {labels} | {metric._documentation} |")
+    for name, kind, label_names, help_text in sorted(found):
+        labels = ", ".join(f"`{label}`" for label in label_names) or "-"
+        rows.append(f"| `{name}` | {kind} | {labels} | {help_text} |")
     return HEADER + "\n".join(rows) + "\n"
 
 
