@@ -1,4 +1,4 @@
-"""JSON on the review path: orjson, with the standard library for what orjson refuses.
+"""JSON in and out: orjson, with the standard library for what orjson refuses.
 
 Every review parses one TokenReview, writes one answer and one JSON log line. orjson does each
 in a fraction of the `json` module's time (about 1 us instead of 4 here). Its output is compact
@@ -9,7 +9,7 @@ it refuses to encode a string holding a lone surrogate (a session name or token 
 carry one), and it refuses to decode an escaped lone surrogate or a non-UTF-8 body. In those
 cases the `json` module does the work, so nothing that decoded or encoded before fails now.
 One difference stays: integers beyond 64 bits decode as floats. authd reads only strings from
-the documents it decodes here (TokenReviews, STS answers).
+the documents it decodes here (TokenReviews, STS answers, DynamicFiles, JSON configs).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ structlog's per-line dispatch, which cost more than rendering the line.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import re
@@ -107,8 +106,7 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
     """
     threshold = parse_level(level)
     # structlog and logging need only write() and flush(); they are typed for a TextIO.
-    raw = stream if stream is not None else sys.stderr
-    out = cast(TextIO, _Unfailing(raw))
+    out = cast(TextIO, _Unfailing(stream if stream is not None else sys.stderr))
     unknown_format = fmt not in FORMATS
     # JSON lines are redacted by their renderer (`render_json`); text lines by `redact`.
     finish: list[Processor] = (
@@ -129,7 +127,7 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(out, threshold, trace=level.lower() == "trace", finish=finish)
-    _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=raw)
+    _Output.current = _Output(json=fmt == "json", threshold=threshold, stream=out)
     if unknown_format:
         structlog.get_logger("authd").warning(
             f"Unknown log format specified ({fmt}), will use default text formatter instead."
@@ -152,14 +150,17 @@ class _Unfailing:
             return 0
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        # Not contextlib.suppress: a context manager per line costs more than the flush, and
+        # the review line is flushed on every review.
+        try:  # noqa: SIM105
             self._stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Output:
-    """What the last `configure` chose: JSON or not, the level threshold, the stream (as
-    given, not wrapped: the review writer drops write errors itself)."""
+    """What the last `configure` chose: JSON or not, the level threshold, the stream."""
 
     json: bool
     threshold: int
@@ -185,11 +186,8 @@ def review_log() -> ReviewLog:
         fields["event"] = "review"
         fields["level"] = "info"
         line = render_json(None, "info", add_timestamp(None, "info", fields))
-        try:  # as _Unfailing, in one step: this runs on every review
-            stream.write(line + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+        stream.write(line + "\n")
+        stream.flush()
 
     return write
 
