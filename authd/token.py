@@ -2,7 +2,7 @@
 
 Pure: standard library only, and the clock is an argument. `verify` runs upstream's checks in
 upstream's order and fails with upstream's texts, because operators search logs for them. It
-never talks to STS; `authd.sts` sends the request `verify` returns.
+never talks to STS; `authd.server.sts.client` sends the request `verify` returns.
 
 Where Go's `net/url` and Python's `urllib` disagree, this module follows Go, since the upstream
 verifier is what tokens were written for. The URL handed on is rebuilt from the checked pieces

@@ -40,10 +40,10 @@ import httpx
 import structlog
 import trio
 
+from authd.client.presign import AwsCredentials, Endpoint, make_token
 from authd.config import FileConfig, ServerSettings
 from authd.identity import Identity
 from authd.metrics import Metrics
-from authd.presign import AwsCredentials, Endpoint, make_token
 from authd.server.backends import Backends
 from bench import report
 
@@ -196,7 +196,7 @@ async def change_to_applied(work: Path, *, kind: str, entries: int, edits: int) 
 def parse_and_swap(backends: Backends, kind: str, data: bytes, runs: int) -> list[float]:
     """Seconds for what a reload does besides waiting: parse + validate, then the swap."""
     target: Any = backends.dynamic_target if kind == "DynamicFile" else backends.config_target
-    from authd.reload import Change
+    from authd.server.reload import Change
 
     samples = []
     for k in range(runs):

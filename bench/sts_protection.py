@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import trio
 
-from authd.stshttp import H11Transport
+from authd.server.sts.transport import H11Transport
 from bench import report
 from bench.server import (
     BIN,
@@ -161,8 +161,8 @@ def calls_per_token(sts: StandInSts, *, cache_size: int) -> tuple[int, int]:
     from authd.mapping.file import MountedFileTable
     from authd.metrics import Metrics
     from authd.server.authenticator import Authenticator
-    from authd.sts import StsClient
-    from authd.stsguard import StsProtection
+    from authd.server.sts.client import StsClient
+    from authd.server.sts.guard import StsProtection
     from authd.token import EndpointPolicy
 
     text = (
@@ -351,8 +351,8 @@ def run_instances(moto: str, count: int) -> dict[str, str]:
 
 def lookups_at_once(moto: str, instances: dict[str, str]) -> dict[str, float]:
     """The EC2 layer alone: every instance looked up at once in-process, as the daemon does."""
-    from authd.ec2 import Ec2Limits, botocore_describer, open_private_dns_names
     from authd.metrics import Metrics
+    from authd.server.ec2 import Ec2Limits, botocore_describer, open_private_dns_names
 
     metrics = Metrics(process_collector=False)
     names: dict[str, str] = {}
@@ -591,7 +591,7 @@ def render(
         "| Path | DescribeInstances calls | time to answer all (s) | reviews/s |",
         "|---|---:|---:|---:|",
         f"| EC2 layer alone: {int(layer['nodes']):,} lookups started at once (in-process, "
-        f"`authd.ec2`) | **{int(layer['calls'])}** | {layer['seconds']:.1f} | - |",
+        f"`authd.server.ec2`) | **{int(layer['calls'])}** | {layer['seconds']:.1f} | - |",
         f"| Real daemon: {int(nodes['nodes']):,} node TokenReviews over {CONNECTIONS} TLS "
         "connections (one in flight each), nginx as STS naming each node's "
         f"`assumed-role/Node/<instance-id>` | {int(nodes['calls'])} | {nodes['seconds']:.1f} | "

@@ -17,7 +17,7 @@ from authd.metrics import Metrics
 from authd.server.app import App
 from authd.server.authenticator import Authenticator
 from authd.server.http import Request
-from authd.sts import StsClient
+from authd.server.sts.client import StsClient
 from authd.token import EndpointPolicy, encode
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)

@@ -20,8 +20,8 @@ from authd.config import FileConfig, ServerSettings
 from authd.errors import NotMappedError, ReservedPrefixError
 from authd.identity import Identity
 from authd.metrics import Metrics
-from authd.reload import Timing
 from authd.server.backends import Backends, json_line
+from authd.server.reload import Timing
 
 ACCOUNT = "123456789012"
 FAST = Timing(debounce=0.03, empty_grace=0.3, resync=60.0)

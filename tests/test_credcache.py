@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from authd.credcache import CredentialCache, default_path
-from authd.presign import AwsCredentials
+from authd.client.credcache import CredentialCache, default_path
+from authd.client.presign import AwsCredentials
 from tests.conftest import RunAuthd
 from tests.fakes.moto import IamUser, caller_identity
 

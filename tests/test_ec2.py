@@ -18,12 +18,12 @@ import trio
 import trio.testing
 
 from authd.config import FileConfig, MappingConfig
-from authd.ec2 import Ec2Limits, PrivateDnsNames, botocore_describer, open_private_dns_names
 from authd.errors import Ec2Error, TemplateError
 from authd.identity import Identity
 from authd.mapping.chain import Backend, MapperChain
 from authd.mapping.file import MountedFileTable
 from authd.metrics import Metrics
+from authd.server.ec2 import Ec2Limits, PrivateDnsNames, botocore_describer, open_private_dns_names
 from tests.fakes.moto import ACCOUNT_ID, ADMIN_KEY, ADMIN_SECRET, MotoAws, MotoServer
 from tests.fakes.sts_front import StsFront
 

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from authd.identity import Identity
-from authd.identitycache import CachedIdentity, IdentityCache, SingleFlight, token_key
+from authd.server.sts.identitycache import CachedIdentity, IdentityCache, SingleFlight, token_key
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
 TOKEN = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9uPUdldENhbGxlcklkZW50aXR5"

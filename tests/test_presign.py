@@ -1,4 +1,4 @@
-"""authd.presign: endpoint and region resolution, URL layout, and the signature STS recomputes."""
+"""authd.client.presign: endpoint and region resolution, URL layout, the signature STS checks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from authd.errors import ClientError
-from authd.presign import (
+from authd.client.presign import (
     USER_AGENT,
     AwsCredentials,
     AwsSettings,
@@ -24,6 +23,7 @@ from authd.presign import (
     resolve_endpoint,
     resolve_region,
 )
+from authd.errors import ClientError
 from tests.fakes.moto import IamRole, IamUser, caller_identity
 from tests.fakes.sts_front import StsFront, query_signature
 

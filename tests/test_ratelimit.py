@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from authd.ratelimit import TokenBucket
+from authd.server.ratelimit import TokenBucket
 
 
 async def test_burst_then_refuses_with_the_wait(autojump_clock: trio.testing.MockClock) -> None:

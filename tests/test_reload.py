@@ -1,4 +1,4 @@
-"""authd/reload.py on real inotify: each way files really change reaches the target, once."""
+"""authd/server/reload.py on real inotify: each way files really change reaches the target, once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import pytest
 import trio
 
 from authd.errors import ConfigError
-from authd.reload import Change, DirectoryWatcher, FileReloader, Timing, open_directory_watcher
+from authd.server.reload import (
+    Change,
+    DirectoryWatcher,
+    FileReloader,
+    Timing,
+    open_directory_watcher,
+)
 
 FAST = Timing(debounce=0.05, empty_grace=0.3, resync=60.0)
 WAIT = 10.0  # bound for every wait on an event; a pass takes milliseconds

@@ -18,7 +18,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from authd.errors import StsRejectedError, StsThrottledError, StsUnavailableError
 from authd.identity import Identity
-from authd.sts import MAX_BODY_BYTES, StsClient, parse_identity
+from authd.server.sts.client import MAX_BODY_BYTES, StsClient, parse_identity
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
 
 CLUSTER = "prod-cluster"

@@ -20,13 +20,13 @@ import trio.testing
 from authd import token as tokens
 from authd.config import FileConfig, MappingConfig
 from authd.errors import StsRejectedError, StsThrottledError, StsUnavailableError
-from authd.identitycache import token_key
 from authd.mapping.chain import Backend, MapperChain
 from authd.mapping.file import MountedFileTable
 from authd.metrics import Metrics
 from authd.server.authenticator import Authenticator
-from authd.sts import StsClient
-from authd.stsguard import StsGuard, StsProtection
+from authd.server.sts.client import StsClient
+from authd.server.sts.guard import StsGuard, StsProtection
+from authd.server.sts.identitycache import token_key
 from authd.token import EndpointPolicy, encode
 from tests.fakes.sts_standin import RESET, THROTTLE, UNAVAILABLE, Fault, StsStandIn
 

@@ -21,8 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from authd.errors import StsUnavailableError
-from authd.sts import MAX_BODY_BYTES, StsClient
-from authd.stshttp import H11Transport
+from authd.server.sts.client import MAX_BODY_BYTES, StsClient
+from authd.server.sts.transport import H11Transport
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
 from tests.fakes.apiserver import serving_cert
 from tests.fakes.moto import IamUser

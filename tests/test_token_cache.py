@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from authd.tokencache import TokenCache, TokenKey
+from authd.client.tokencache import TokenCache, TokenKey
 from tests.conftest import RunAuthd
 from tests.fakes.moto import IamRole, IamUser, MotoAws, caller_identity
 from tests.fakes.sts_front import StsFront
@@ -78,10 +78,10 @@ def test_hit_imports_nothing_heavy(
     )
     assert done.returncode == 0, done.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
-    assert "authd.tokencache" in imported  # the measurement works
+    assert "authd.client.tokencache" in imported  # the measurement works
     heavy = [m for m in imported if m.split(".")[0] in ("botocore", "urllib3", "yaml", "dateutil")]
     assert heavy == []
-    assert "authd.presign" not in imported
+    assert "authd.client.presign" not in imported
 
 
 def test_keys_never_cross(

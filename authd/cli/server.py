@@ -82,8 +82,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import trio
 
     from authd import logs
-    from authd.region import resolve_region
     from authd.server.daemon import run_server
+    from authd.server.region import resolve_region
 
     print(f'Authenticator Version: "{__version__}", "{__commit__}"', flush=True)
     settings = load_settings(args, env, FLAGS)

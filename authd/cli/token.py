@@ -1,7 +1,7 @@
 """`authd token`: print an ExecCredential for kubectl (token.md section B; authd.md section 7).
 
 With `--cache` a cached token is answered from here with the standard library alone: botocore
-(about 100 ms of imports) is only loaded, through `authd.presign`'s functions, when a token has
+(about 100 ms of imports) is only loaded, through `authd.client.presign`, when a token has
 to be signed.
 """
 
@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from authd.cli.common import pick
-from authd.errors import ClientError, ConfigError
-from authd.tokencache import (
+from authd.client.tokencache import (
     TokenCache,
     TokenKey,
     aws_config_file,
     aws_credentials_file,
     default_directory,
 )
+from authd.errors import ClientError, ConfigError
 
 if TYPE_CHECKING:
-    from authd.presign import TokenOptions
+    from authd.client.presign import TokenOptions
 
 MFA_PROMPT = "Assume Role MFA token code: "
 API_V1 = "client.authentication.k8s.io/v1"
@@ -89,8 +89,8 @@ class TokenSettings:
     cache: bool = False
 
     def options(self) -> TokenOptions:
-        """What `authd.presign` needs to sign (imports botocore's side lazily)."""
-        from authd.presign import TokenOptions  # not on the cache-hit path
+        """What `authd.client.presign` needs to sign (imports botocore's side lazily)."""
+        from authd.client.presign import TokenOptions  # not on the cache-hit path
 
         return TokenOptions(
             cluster_id=self.cluster_id,
@@ -139,7 +139,7 @@ def _skip_final_collection(env: Mapping[str, str]) -> None:
 def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[str, datetime]:
     """A cached token when `--cache` finds one, else a freshly signed (and cached) one."""
     if not settings.cache:
-        from authd import presign  # see the module docstring
+        from authd.client import presign  # see the module docstring
 
         fresh = presign.get_token(settings.options(), env=env, prompt=_mfa_prompt)
         return fresh.token, fresh.expiration
@@ -159,7 +159,7 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
     hit = cache.load(key, now=datetime.now(UTC), warn=_warn)
     if hit is not None:
         return hit.token, hit.expiration
-    from authd import presign  # see the module docstring
+    from authd.client import presign  # see the module docstring
 
     credential_cache = _credential_cache(settings, env)
     fresh = presign.get_token(
@@ -177,7 +177,7 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
 
 def _credential_cache(settings: TokenSettings, env: Mapping[str, str]) -> Any:
     """Open upstream's credential cache, or say why not and go on without it (token.md B11)."""
-    from authd import credcache
+    from authd.client import credcache
 
     try:
         return credcache.CredentialCache.open(

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import trio
 
     from authd.cli.server import load_settings
-    from authd.region import resolve_region
+    from authd.server.region import resolve_region
 
     token = args.token
     if not token:
@@ -65,8 +65,8 @@ async def _verify(settings: ServerSettings, token: str, region: str) -> dict[str
     from authd.mapping.chain import Backend, MapperChain
     from authd.mapping.file import MountedFileTable
     from authd.server.authenticator import utc_now
-    from authd.sts import StsClient
-    from authd.stshttp import H11Transport
+    from authd.server.sts.client import StsClient
+    from authd.server.sts.transport import H11Transport
 
     policy = tokens.EndpointPolicy.create(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints

@@ -1,6 +1,6 @@
 """One review's work, without HTTP: verify the token, ask STS who signed it, map the identity.
 
-STS is asked through `authd.stsguard.StsGuard`, so a token already verified is answered from
+STS is asked through `authd.server.sts.guard.StsGuard`, so a token already verified is answered from
 its cache, and the mapping always runs (a mapping change applies to the next review).
 
 The identity STS reports goes into the caller's log fields as soon as it is known, so the one
@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 
 from authd import token as tokens
 from authd.identity import Identity, User
-from authd.identitycache import token_key
 from authd.mapping.chain import MapperChain, PrivateDnsResolver
 from authd.metrics import Metrics
-from authd.sts import StsClient
-from authd.stsguard import StsGuard, StsProtection
+from authd.server.sts.client import StsClient
+from authd.server.sts.guard import StsGuard, StsProtection
+from authd.server.sts.identitycache import token_key
 from authd.token import EndpointPolicy
 
 
@@ -64,7 +64,7 @@ class Authenticator:
             protection: STS cache, rate limit, retries and deadline; authd.md's defaults when
                 None.
             resolve_private_dns: instance ID -> private DNS name for `{{EC2PrivateDNSName}}`
-                (`authd.ec2`); such templates are refused when None.
+                (`authd.server.ec2`); such templates are refused when None.
 
         Raises:
             ValueError: no cluster ID.

@@ -1,7 +1,7 @@
 """The configured mapping backends: build them, load and hot-reload the file-based ones, readiness.
 
 MountedFile comes from the `--config` file, DynamicFile from `--dynamicfile-path`; both are
-watched (authd/reload.py) and swapped atomically while the daemon serves. The rules
+watched (authd/server/reload.py) and swapped atomically while the daemon serves. The rules
 (authd.md section 2, mapping.md section 4):
 
 - A version that cannot be read or parsed, has a wrong type, or names an ARN that does not parse
@@ -36,7 +36,13 @@ from authd.mapping.chain import Backend, MapperChain
 from authd.mapping.dynamicfile import DynamicFileTable
 from authd.mapping.file import MountedFileTable
 from authd.metrics import Metrics
-from authd.reload import Change, DirectoryWatcher, FileReloader, Timing, open_directory_watcher
+from authd.server.reload import (
+    Change,
+    DirectoryWatcher,
+    FileReloader,
+    Timing,
+    open_directory_watcher,
+)
 
 log = structlog.get_logger("authd.backends")
 

@@ -2,8 +2,8 @@
 
 One nursery tree with one shutdown trigger: SIGTERM or SIGINT sets `shutdown`, the listeners
 stop accepting, in-flight reviews finish, and `run_server` returns. The config file and the
-DynamicFile are watched (authd/reload.py, docs/reload.md) and each good new version is swapped
-in atomically; SIGHUP re-reads both at once. A file that does not parse keeps the last good
+DynamicFile are watched (authd/server/reload.py, docs/reload.md) and each good new version is
+swapped in atomically; SIGHUP re-reads both at once. A file that does not parse keeps the last good
 table and marks the backend not ready.
 """
 
@@ -18,16 +18,16 @@ import trio
 
 from authd import logs
 from authd.config import ServerSettings
-from authd.ec2 import open_server_private_dns_names
 from authd.metrics import Metrics
 from authd.server import kubeconfig, tls
 from authd.server.app import App
 from authd.server.authenticator import Authenticator
 from authd.server.backends import Backends
+from authd.server.ec2 import open_server_private_dns_names
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
-from authd.sts import StsClient
-from authd.stsguard import StsProtection
-from authd.stshttp import H11Transport
+from authd.server.sts.client import StsClient
+from authd.server.sts.guard import StsProtection
+from authd.server.sts.transport import H11Transport
 from authd.token import EndpointPolicy
 
 log = structlog.get_logger("authd.server")
@@ -72,7 +72,7 @@ async def run_server(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
     timeout = httpx.Timeout(settings.sts_timeout)
-    # H11Transport: one STS GET per new token is much of a review's cost (authd/stshttp.py);
+    # H11Transport: one STS GET per new token is much of a review's cost (server/sts/transport.py);
     # StsClient sends through it directly, skipping httpx's request/response objects.
     transport = H11Transport()
     async with (

@@ -34,9 +34,9 @@ import trio
 from authd.config import ServerSettings
 from authd.errors import Ec2Error
 from authd.metrics import Metrics
-from authd.ratelimit import TokenBucket
+from authd.server.ratelimit import TokenBucket
 
-log = structlog.get_logger("authd.ec2")
+log = structlog.get_logger("authd.server.ec2")
 
 MAX_BATCH = 100
 """DescribeInstances accepts up to 1,000 filter values; upstream batches 100, and so does authd."""

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from authd import __version__
+from authd.client.tokencache import aws_config_file
 from authd.errors import ClientError, CredentialError
-from authd.tokencache import aws_config_file
 
 TOKEN_PREFIX = "k8s-aws-v1."  # noqa: S105 - a format prefix, not a secret
 CLUSTER_ID_HEADER = "x-k8s-aws-id"
@@ -83,7 +83,7 @@ class Token:
 
 
 class CredentialStore(Protocol):
-    """The credential cache as `get_token` uses it (authd.credcache.CredentialCache)."""
+    """The credential cache as `get_token` uses it (authd.client.credcache.CredentialCache)."""
 
     def get(self, *, now: datetime) -> AwsCredentials | None:
         """Cached base credentials that still have keys and are unexpired, else None."""

@@ -1,7 +1,7 @@
 """Put STS behind a cache, single flight, a rate limit, bounded retries and cluster-ID rotation.
 
-The layer between the authenticator and `authd.sts.StsClient`. For a token that passed the
-local checks, `StsGuard.identify`:
+The layer between the authenticator and `authd.server.sts.client.StsClient`. For a token
+that passed the local checks, `StsGuard.identify`:
 
 1. shares the call with any review of the same token already asking STS (single flight);
 2. asks STS with the current cluster ID, then with each older one while STS answers 403
@@ -29,10 +29,10 @@ import trio
 from authd.config import ServerSettings
 from authd.errors import StsError, StsRejectedError, StsThrottledError, StsUnavailableError
 from authd.identity import Identity
-from authd.identitycache import CachedIdentity, IdentityCache, SingleFlight
 from authd.metrics import Metrics
-from authd.ratelimit import TokenBucket
-from authd.sts import StsClient
+from authd.server.ratelimit import TokenBucket
+from authd.server.sts.client import StsClient
+from authd.server.sts.identitycache import CachedIdentity, IdentityCache, SingleFlight
 from authd.token import PresignedRequest
 
 

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from authd.client.presign import AwsCredentials
 from authd.errors import ClientError
-from authd.presign import AwsCredentials
 
 CACHE_FILE_ENV = "AWS_IAM_AUTHENTICATOR_CACHE_FILE"
 LOCK_RETRY = 0.25

@@ -25,7 +25,7 @@ from authd.errors import (
     StsUnavailableError,
 )
 from authd.identity import Identity
-from authd.stshttp import BodyReadError, H11Transport
+from authd.server.sts.transport import BodyReadError, H11Transport
 from authd.token import PresignedRequest
 
 CLUSTER_ID_HEADER = "x-k8s-aws-id"

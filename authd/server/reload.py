@@ -50,7 +50,7 @@ from watchdog.observers.polling import PollingObserver
 
 from authd.errors import AuthdError
 
-log = structlog.get_logger("authd.reload")
+log = structlog.get_logger("authd.server.reload")
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""The client: kubectl's exec credential plugin (presign, token and credential caches)."""
