@@ -129,6 +129,7 @@ def test_authd_review_series_are_precreated_at_zero() -> None:
         ("deny", "template_error"),
         ("retry", "throttled"),
         ("retry", "sts_unavailable"),
+        ("retry", "internal_error"),
     }
     for decision, reason in pairs:
         assert get("authd_reviews_total", {"decision": decision, "reason": reason}) == 0.0
@@ -148,6 +149,7 @@ def test_authd_review_series_are_precreated_at_zero() -> None:
         ("not_mapped", "uknown_user", "deny"),
         ("reserved_prefix", "uknown_user", "deny"),
         ("template_error", "uknown_user", "deny"),
+        ("internal_error", "sts_error", "retry"),
     ],
 )
 def test_observe_review_counts_in_upstream_and_authd_series(
