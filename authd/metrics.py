@@ -36,7 +36,6 @@ from authd.outcomes import BY_REASON
 __all__ = [
     "BACKENDS",
     "Metrics",
-    "sts_region_label",
 ]
 
 NAMESPACE = "aws_iam_authenticator"
@@ -52,18 +51,6 @@ RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
-
-
-def sts_region_label(host: str) -> str:
-    """The `StsRegion` label for an STS host: `global` for sts.amazonaws.com, else its region.
-
-    `sts.us-west-2.amazonaws.com` -> `us-west-2`; a host with a port keeps only the name.
-    """
-    name = host.rpartition("@")[2].split(":", 1)[0].lower()
-    if name == "sts.amazonaws.com":
-        return "global"
-    labels = name.split(".")
-    return labels[1] if len(labels) > 1 else name
 
 
 class Metrics:
@@ -248,10 +235,6 @@ class Metrics:
         """One ec2:DescribeInstances call (single or batched) was made."""
         self.ec2_describe_instances_calls.inc()
 
-    def configmap_watch_failure(self) -> None:
-        """The EKSConfigMap backend failed to (re)establish its watch on kube-system/aws-auth."""
-        self.configmap_watch_failures.inc()
-
     def dynamicfile_failure(self) -> None:
         """A dynamic file watcher could not be created, or reported an error."""
         self.dynamicfile_failures.inc()
@@ -264,15 +247,6 @@ class Metrics:
             seconds: now minus the file's timestamp; the caller skips future timestamps.
         """
         self.dynamic_e2e_latency.labels(type=kind).observe(seconds)
-
-    def dynamic_file_mode(self, modes: Sequence[str]) -> None:
-        """The dynamic backend-mode file switched the chain to `modes` (gauges never reset)."""
-        if "DynamicFile" not in modes:
-            return
-        if len(modes) == 1:
-            self.dynamic_file_only.set(1)
-        else:
-            self.dynamic_file_enabled.set(1)
 
     def backend_error(self, backend: str) -> None:
         """A mapping backend failed to answer or to load its source."""
