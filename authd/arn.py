@@ -1,7 +1,8 @@
-"""Parse identity ARNs and turn them into the canonical ARN used as the mapping key (arn.md).
+"""Parse identity ARNs and turn them into the canonical ARN used as the mapping key, as upstream.
 
-Pure and standard-library only. Error texts match upstream word for word because they reach
-users in TokenReview `status.error` and in logs.
+Pure: the standard library and authd's core only (the partition names come from
+`authd.token`, which knows each partition's STS hosts). Error texts match upstream word for
+word because they reach users in TokenReview `status.error` and in logs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,9 @@ import enum
 from dataclasses import dataclass
 
 from authd.errors import ArnError
+from authd.token import PARTITIONS  # one list of partitions: the one whose STS hosts are known
 
-PARTITIONS: tuple[str, ...] = (
-    "aws",
-    "aws-cn",
-    "aws-us-gov",
-    "aws-iso",
-    "aws-iso-b",
-    "aws-iso-e",
-    "aws-iso-f",
-    "aws-eusc",
-)
+__all__ = ["PARTITIONS", "PrincipalType", "canonicalize", "strip_path"]
 
 
 class PrincipalType(enum.Enum):

@@ -10,6 +10,7 @@
     │   ├── StsThrottledError             STS or authd's own limiter throttled the call
     │   └── StsUnavailableError           5xx, 3xx, timeout, connection error, unreadable body
     ├── Ec2Error                          DescribeInstances could not name an instance's private DNS
+    ├── ListenError (OSError)             the server cannot listen on its address at start-up
     ├── MappingError                      the identity is verified but gets no Kubernetes user
     │   ├── NotMappedError                no backend maps it
     │   ├── ReservedPrefixError           the username starts with a reserved prefix
@@ -19,6 +20,7 @@
 
 Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
 (authd.md section 4). Foreign exceptions are translated at the boundary with `raise ... from`.
+What a review answers for each class is `authd.outcomes.OUTCOMES`, one row per class.
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ class Ec2Error(AuthdError):
     """EC2 could not give an instance's private DNS name (the mapper chain denies the review)."""
 
     reason = "ec2_error"
+
+
+class ListenError(AuthdError, OSError):
+    """The server cannot listen on an address: in use, not permitted, or no such address.
+
+    The message names the address and the cause in one line (`cannot listen on
+    127.0.0.1:21362: Address already in use`); the CLI prints it and exits 1.
+    """
+
+    reason = "listen_error"
 
 
 class MappingError(AuthdError):

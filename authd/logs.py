@@ -28,6 +28,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from authd import jsoncodec
 from authd.errors import ConfigError
+from authd.token import PREFIX as TOKEN_PREFIX
 
 __all__ = [
     "LEVELS",
@@ -65,11 +66,12 @@ FORMATS = ("json", "text")
 _CHATTY_LIBRARIES = ("botocore", "urllib3", "httpx", "httpcore", "hpack", "watchdog", "asyncio")
 
 _SECRET_TEXT = re.compile(
-    r"(?P<token>k8s-aws-v1\.)[A-Za-z0-9_\-=+/%]*"
+    rf"(?P<token>{re.escape(TOKEN_PREFIX)})[A-Za-z0-9_\-=+/%]*"
     r"|(?P<param>(?:x-amz-)?signature|x-amz-security-token|x-amz-credential-secret)"
     r"(?P<sep>=|%3d)[^&\s\"',;]*",
     re.IGNORECASE,
 )
+_TOKEN_MARKER = TOKEN_PREFIX.lower()  # `_has_marker` looks in lower-cased text
 _SECRET_KEY_SUFFIXES = ("token", "signature", "secret", "secretkey", "secretaccesskey", "password")
 
 
@@ -305,7 +307,7 @@ def _secret_names(keys: tuple[str, ...]) -> bool:
 def _has_marker(low: str) -> bool:
     """True when lower-cased ASCII `low` holds something that may start a secret."""
     return (
-        "k8s-aws-v1." in low
+        _TOKEN_MARKER in low
         or "signature" in low
         or "x-amz-security-token" in low
         or "x-amz-credential-secret" in low

@@ -31,12 +31,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from authd.outcomes import BY_REASON
+
 __all__ = [
     "BACKENDS",
-    "DECISION_OF_REASON",
-    "UPSTREAM_RESULT",
     "Metrics",
-    "sts_region_label",
 ]
 
 NAMESPACE = "aws_iam_authenticator"
@@ -52,46 +51,6 @@ RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
-
-# Each review outcome's reason code (authd.md section 4) and the decision it leads to; "ok" is
-# the reason of an allowed review.
-DECISION_OF_REASON = {
-    "ok": "allow",
-    "bad_request": "deny",
-    "bad_token": "deny",
-    "sts_rejected": "deny",
-    "not_mapped": "deny",
-    "reserved_prefix": "deny",
-    "template_error": "deny",
-    "throttled": "retry",
-    "sts_unavailable": "retry",
-}
-
-# The `result` label upstream would give the same outcome (metrics.md; "uknown_user" is
-# upstream's spelling).
-UPSTREAM_RESULT = {
-    "ok": "success",
-    "bad_request": "malformed_request",
-    "bad_token": "invalid_token",
-    "sts_rejected": "sts_error",
-    "sts_unavailable": "sts_error",
-    "throttled": "sts_throttling",
-    "not_mapped": "uknown_user",
-    "reserved_prefix": "uknown_user",
-    "template_error": "uknown_user",
-}
-
-
-def sts_region_label(host: str) -> str:
-    """The `StsRegion` label for an STS host: `global` for sts.amazonaws.com, else its region.
-
-    `sts.us-west-2.amazonaws.com` -> `us-west-2`; a host with a port keeps only the name.
-    """
-    name = host.rpartition("@")[2].split(":", 1)[0].lower()
-    if name == "sts.amazonaws.com":
-        return "global"
-    labels = name.split(".")
-    return labels[1] if len(labels) > 1 else name
 
 
 class Metrics:
@@ -243,7 +202,7 @@ class Metrics:
         """Count one answered TokenReview and its latency, in upstream's and authd's series.
 
         Args:
-            reason: the outcome's reason code (authd.md section 4), "ok" when allowed.
+            reason: the outcome's reason code (`authd.outcomes.BY_REASON`), "ok" when allowed.
             seconds: time from request start to answer.
             backend: the mapping backend that decided, or None when mapping was not reached.
             decision: allow, deny or retry; derived from `reason` when None.
@@ -276,10 +235,6 @@ class Metrics:
         """One ec2:DescribeInstances call (single or batched) was made."""
         self.ec2_describe_instances_calls.inc()
 
-    def configmap_watch_failure(self) -> None:
-        """The EKSConfigMap backend failed to (re)establish its watch on kube-system/aws-auth."""
-        self.configmap_watch_failures.inc()
-
     def dynamicfile_failure(self) -> None:
         """A dynamic file watcher could not be created, or reported an error."""
         self.dynamicfile_failures.inc()
@@ -292,15 +247,6 @@ class Metrics:
             seconds: now minus the file's timestamp; the caller skips future timestamps.
         """
         self.dynamic_e2e_latency.labels(type=kind).observe(seconds)
-
-    def dynamic_file_mode(self, modes: Sequence[str]) -> None:
-        """The dynamic backend-mode file switched the chain to `modes` (gauges never reset)."""
-        if "DynamicFile" not in modes:
-            return
-        if len(modes) == 1:
-            self.dynamic_file_only.set(1)
-        else:
-            self.dynamic_file_enabled.set(1)
 
     def backend_error(self, backend: str) -> None:
         """A mapping backend failed to answer or to load its source."""
@@ -536,8 +482,8 @@ class _ReviewSeries(Collector):
         observed = self._observed.get(key)
         if observed is None:
             labels = (
-                result or UPSTREAM_RESULT[reason],
-                decision or DECISION_OF_REASON[reason],
+                result or BY_REASON[reason].result,
+                decision or BY_REASON[reason].decision,
                 reason,
                 backend or NO_BACKEND,
             )
@@ -556,7 +502,7 @@ class _ReviewSeries(Collector):
         upstream, reviews, latency, hits = self._families()
         by_result: dict[str, list[_Observed]] = {}
         by_backend: dict[tuple[str, str], list[_Observed]] = {}
-        counts = {(decision, reason): 0 for reason, decision in DECISION_OF_REASON.items()}
+        counts = {(o.decision, reason): 0 for reason, o in BY_REASON.items()}
         for observed in list(self._observed.values()):
             result, decision, reason, backend = observed.labels
             by_result.setdefault(result, []).append(observed)

@@ -26,6 +26,9 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 from authd.errors import ConfigError, TokenFormatError
 
 PREFIX = "k8s-aws-v1."
+"""What every token starts with; the client, the verifier and log redaction all use this one."""
+CLUSTER_ID_HEADER = "x-k8s-aws-id"
+"""The signed header carrying the cluster ID: the client signs it, the server sends it to STS."""
 MAX_TOKEN_BYTES = 4096
 LIFETIME = timedelta(minutes=15)
 """STS honours a presigned GetCallerIdentity for 15 minutes after X-Amz-Date (token.md A4)."""
@@ -47,7 +50,6 @@ _ALLOWED_PARAMS = frozenset(
         "x-amz-signedheaders",
     }
 )
-_CLUSTER_ID_HEADER = "x-k8s-aws-id"
 _MAX_EXPIRES = 900
 _INT64 = 2**63
 _REGION_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
@@ -89,6 +91,8 @@ _PARTITIONS: dict[str, _Partition] = {
     "aws-iso-f": _partition("csp.hci.ic.gov", "", r"us-isof-\w+-\d+"),
     "aws-eusc": _partition("amazonaws.eu", "api.amazonwebservices.eu", r"eusc-(de)-\w+-\d+"),
 }
+PARTITIONS: tuple[str, ...] = tuple(_PARTITIONS)
+"""The partition names, in the SDK's order; `authd.arn` takes its list from here."""
 # The SDK's region lists add only these names to what the patterns above already match.
 _LISTED_REGIONS = {f"{name}-global": name for name in _PARTITIONS if name != "aws-eusc"}
 
@@ -505,9 +509,9 @@ def _check_params(params: dict[str, str]) -> None:
     if params.get("action") != "GetCallerIdentity":
         raise TokenFormatError("unexpected action parameter in pre-signed URL")
     signed = params.get("x-amz-signedheaders", "").split(";")
-    if not any(header.lower() == _CLUSTER_ID_HEADER for header in signed):
+    if not any(header.lower() == CLUSTER_ID_HEADER for header in signed):
         raise TokenFormatError(
-            f"client did not sign the {_CLUSTER_ID_HEADER} header in the pre-signed URL"
+            f"client did not sign the {CLUSTER_ID_HEADER} header in the pre-signed URL"
         )
     expires, ok = _go_atoi(params.get("x-amz-expires", ""))
     if not ok or not 0 <= expires <= _MAX_EXPIRES:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
+import authd
+from authd import errors
 from authd.config import FileConfig, MappingConfig
+from authd.errors import AuthdError, NotMappedError
+from authd.identity import Identity
+from authd.logs import processors as log_processors
+from authd.mapping import Entry, MappingTable
 from authd.mapping.chain import Backend, MapperChain
 from authd.mapping.file import MountedFileTable
 from authd.metrics import Metrics
+from authd.outcomes import BY_REASON, INTERNAL_ERROR, OUTCOMES, outcome_of
 from authd.server.app import App
 from authd.server.authenticator import Authenticator
 from authd.server.http import Request
@@ -81,16 +90,22 @@ def ok_sts(identity: dict[str, object] = ALICE) -> StsHandler:
     return handler
 
 
-def build_app(sts: StsHandler, *, cluster_ids: tuple[str, ...] = ("test-cluster",)) -> App:
+def build_app(
+    sts: StsHandler,
+    *,
+    cluster_ids: tuple[str, ...] = ("test-cluster",),
+    table: MappingTable | None = None,
+    metrics: Metrics | None = None,
+) -> App:
     """An App over a real authenticator, mapping table and metrics, with STS mocked."""
     mapping = MappingConfig.from_file_config(FileConfig.from_text(CONFIG, path="config.yaml"))
     backend = Backend(
         "MountedFile",
-        MountedFileTable.from_config(mapping),
+        MountedFileTable.from_config(mapping) if table is None else table,
         reserved_prefixes=mapping.reserved_prefixes_for("MountedFile"),
     )
     client = httpx.AsyncClient(transport=httpx.MockTransport(sts), follow_redirects=False)
-    metrics = Metrics(process_collector=False)
+    metrics = metrics or Metrics(process_collector=False)
     authenticator = Authenticator(
         policy=EndpointPolicy.create(partition="aws", extra_origins=[STS]),
         sts=StsClient(client),
@@ -260,3 +275,85 @@ async def test_review_log_line_never_holds_the_token() -> None:
     text = repr(logs)
     assert token[20:60] not in text
     assert SIGNATURE not in text
+
+
+def error_classes(cls: type[AuthdError] = AuthdError) -> Iterator[type[AuthdError]]:
+    """`cls` and every subclass of it, however deep."""
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from error_classes(sub)
+
+
+def test_every_error_class_has_its_own_row() -> None:
+    """Each AuthdError class, in errors.py or any other authd module, is named by the table."""
+    for module in pkgutil.walk_packages(authd.__path__, "authd."):
+        if not module.name.endswith("__main__"):  # running it would parse pytest's argv
+            importlib.import_module(module.name)  # subclasses defined anywhere get registered
+    classes = {c for c in error_classes() if c.__module__.startswith("authd.")}
+    assert {c for c in classes if c.__module__ == errors.__name__} >= {
+        errors.TokenFormatError,
+        errors.CredentialError,
+    }  # the walk sees the tree
+    assert sorted(c.__qualname__ for c in classes - set(OUTCOMES)) == []
+    for cls, outcome in OUTCOMES.items():
+        assert outcome is INTERNAL_ERROR or outcome.reason in (cls.reason, "sts_unavailable")
+
+
+def test_a_class_without_a_row_is_an_internal_error() -> None:
+    """The table is read by exact class: a new subclass never inherits its parent's answer."""
+
+    class Unlisted(NotMappedError):
+        pass
+
+    assert outcome_of(NotMappedError("x")).reason == "not_mapped"
+    assert outcome_of(Unlisted("x")) is INTERNAL_ERROR
+    assert outcome_of(RuntimeError("x")) is INTERNAL_ERROR
+
+
+def test_each_reason_has_one_outcome() -> None:
+    """Rows sharing a reason code agree on status, decision and label (metrics key by reason)."""
+    for outcome in (*OUTCOMES.values(), INTERNAL_ERROR):
+        assert BY_REASON[outcome.reason] == outcome
+    assert {o.decision for o in BY_REASON.values()} == {"allow", "deny", "retry"}
+
+
+class BrokenTable:
+    """A mapping table with a bug: every lookup raises RuntimeError, naming the caller's ARN."""
+
+    def lookup(self, identity: Identity) -> Entry | None:
+        """Fail as a buggy backend would."""
+        raise RuntimeError(f"lookup exploded for {identity.arn}")
+
+    def is_account_allowed(self, account_id: str) -> bool:
+        """Never reached."""
+        return False
+
+
+async def test_unexpected_error_answers_500_and_is_logged_and_counted() -> None:
+    """A bug in a mapper answers 500 internal_error, still logs the review line and counts it,
+    and logs the traceback at error level without the token."""
+    metrics = Metrics(process_collector=False)
+    app = build_app(ok_sts(), table=BrokenTable(), metrics=metrics)
+    token = make_token()
+    with capture_logs(processors=log_processors()) as logs:
+        response = await app(post(review_body(token)))
+    assert response.status == 500
+    status = json.loads(response.body)["status"]
+    assert status["authenticated"] is False
+    assert status["error"] == "internal_error: unexpected RuntimeError"
+    [line] = [entry for entry in logs if entry["event"] == "review"]
+    assert (line["decision"], line["reason"]) == ("retry", "internal_error")
+    assert line["arn"] == "arn:aws:iam::123456789012:user/Alice"
+    [failure] = [entry for entry in logs if entry["event"] == "review failed"]
+    assert failure["log_level"] == "error"
+    assert failure["request_id"] == line["request_id"]
+    assert failure["exception"].startswith("Traceback (most recent call last):")
+    assert (
+        "RuntimeError: lookup exploded for arn:aws:iam::123456789012:user/Alice"
+        in (failure["exception"])
+    )
+    assert token[20:60] not in repr(logs)
+    get = metrics.registry.get_sample_value
+    assert get("authd_reviews_total", {"decision": "retry", "reason": "internal_error"}) == 1.0
+    labels = {"result": INTERNAL_ERROR.result}
+    assert get("aws_iam_authenticator_authenticate_latency_seconds_count", labels) == 1.0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from authd import token
 from authd.arn import PARTITIONS, PrincipalType, canonicalize, strip_path
 from authd.errors import ArnError
 
@@ -85,3 +86,14 @@ def test_strip_path_rejects_malformed_arns(arn: str, error: str) -> None:
     with pytest.raises(ArnError) as caught:
         strip_path(arn)
     assert str(caught.value) == error
+
+
+def test_partition_names_are_the_token_verifiers() -> None:
+    """ARN parsing accepts exactly the partitions whose STS hosts the verifier knows."""
+    assert tuple(token._PARTITIONS) == PARTITIONS
+    for name in token._PARTITIONS:
+        kind, _ = canonicalize(f"arn:{name}:iam::123456789012:user/a")
+        assert kind is PrincipalType.USER
+        assert token.EndpointPolicy.create(partition=name).partition == name
+    with pytest.raises(ArnError):
+        canonicalize("arn:aws-mars:iam::123456789012:user/a")

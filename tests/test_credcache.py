@@ -192,11 +192,23 @@ def test_expiring_credentials_are_written_back_and_reused(
 def test_static_credentials_are_not_written(
     run_authd: RunAuthd, client_env: dict[str, str], iam_user: IamUser
 ) -> None:
-    """Credentials that cannot expire (static keys) are never written to the cache."""
-    done = run_authd(["token", "-i", CLUSTER, "--cache"], client_env | iam_user.env())
-    assert done.returncode == 0, done.stderr
+    """Credentials that cannot expire (static keys from ~/.aws/credentials) are never written
+    to the cache, though the run reads it, misses, and resolves credentials through the chain."""
+    home = Path(client_env["HOME"])
+    write_private(
+        home / ".aws" / "credentials",
+        f"[default]\naws_access_key_id = {iam_user.access_key_id}\n"
+        f"aws_secret_access_key = {iam_user.secret_access_key}\n",
+    )
     path = cache_file(client_env)
-    assert not path.exists() or iam_user.secret_access_key not in path.read_text()
+    other = IamUser(name="x", arn="x", access_key_id="AKIAOTHER", secret_access_key="other")
+    before = go_written_cache(other, expires="2030-01-01T00:00:00Z", cluster="another-cluster")
+    write_private(path, before)
+    done = run_authd(["token", "-i", CLUSTER, "--cache", "--token-only"], client_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # the cache was usable: nothing kept the run from writing to it
+    assert caller_identity(done.stdout.strip(), CLUSTER).arn == iam_user.arn
+    assert path.read_text() == before
 
 
 def test_put_keeps_other_entries_readable_by_go(tmp_path: Path) -> None:

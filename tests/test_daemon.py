@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -240,3 +241,20 @@ def test_unreadable_keypair_is_fatal_and_said_once(tmp_path: Path, config: Path)
     assert text.count("could not load/generate a certificate") == 1
     assert f"{state / 'cert.pem'}" in text
     assert (state / "cert.pem").read_text() == "junk"
+
+
+def test_busy_port_is_one_line_and_exit_1(tmp_path: Path, config: Path) -> None:
+    """A port another socket holds ends start-up with exit 1 and one line naming the address
+    and the cause, not trio's exception-group traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = [f"--config={config}", "--address=127.0.0.1", f"--port={port}"]
+        proc = Daemon(args, state=tmp_path, env=base_env())
+        assert proc.proc.wait(timeout=20) == 1
+    proc.stop()
+    assert "Traceback" not in "".join(proc.lines)
+    # Everything else on stderr is a JSON log line of the start-up (keypair, kubeconfig).
+    plain = [line for line in proc.lines if not line.startswith("{")]
+    assert plain == [f"cannot listen on 127.0.0.1:{port}: Address already in use\n"]

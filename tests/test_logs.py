@@ -270,24 +270,47 @@ def test_review_log_in_text_format_or_above_info_goes_through_structlog() -> Non
 
 
 class BrokenStream(io.StringIO):
-    """A log stream that fails as stderr does when journald restarts or a pipe closes."""
+    """A log stream that fails as stderr does when journald restarts or a pipe closes; it
+    counts the writes tried, so a test knows the lines reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: list[str] = []
 
     def write(self, text: str) -> int:
+        self.tried.append(text)
         raise BrokenPipeError(32, "Broken pipe")
 
     def flush(self) -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
 
+class ClosedStream(io.StringIO):
+    """A closed stream (writing raises ValueError) that counts the writes tried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: list[str] = []
+        self.close()
+
+    def write(self, text: str) -> int:
+        self.tried.append(text)
+        return super().write(text)
+
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
-def test_a_log_that_cannot_be_written_does_not_fail_the_caller(fmt: str) -> None:
-    """Write errors are dropped: structlog lines, library lines and review lines all return."""
-    logs.configure(fmt=fmt, level="info", stream=BrokenStream())
+@pytest.mark.parametrize("stream_type", [BrokenStream, ClosedStream])
+def test_a_log_that_cannot_be_written_does_not_fail_the_caller(
+    fmt: str, stream_type: type[BrokenStream | ClosedStream]
+) -> None:
+    """Write errors are dropped: structlog lines, library lines and review lines all return,
+    after each was really handed to the failing stream."""
+    stream = stream_type()
+    logs.configure(fmt=fmt, level="info", stream=stream)
     structlog.get_logger("authd.test").warning("still here", n=1)
-    logging.getLogger("botocore.test").warning("still here")
+    logging.getLogger("botocore.test").warning("library line")
     logs.review_log()(review_fields())
-    closed = io.StringIO()
-    logs.configure(fmt=fmt, level="info", stream=closed)
-    closed.close()  # writing to a closed stream raises ValueError
-    structlog.get_logger("authd.test").warning("still here")
-    logs.review_log()(review_fields())
+    tried = "".join(stream.tried)
+    assert "still here" in tried
+    assert "library line" in tried
+    assert "alice" in tried  # the review line's username

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authd.metrics import Metrics, sts_region_label
+from authd.metrics import Metrics
 
 P = "aws_iam_authenticator_"
 GO_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -129,6 +129,7 @@ def test_authd_review_series_are_precreated_at_zero() -> None:
         ("deny", "template_error"),
         ("retry", "throttled"),
         ("retry", "sts_unavailable"),
+        ("retry", "internal_error"),
     }
     for decision, reason in pairs:
         assert get("authd_reviews_total", {"decision": decision, "reason": reason}) == 0.0
@@ -148,6 +149,7 @@ def test_authd_review_series_are_precreated_at_zero() -> None:
         ("not_mapped", "uknown_user", "deny"),
         ("reserved_prefix", "uknown_user", "deny"),
         ("template_error", "uknown_user", "deny"),
+        ("internal_error", "sts_error", "retry"),
     ],
 )
 def test_observe_review_counts_in_upstream_and_authd_series(
@@ -182,7 +184,6 @@ def test_sts_and_backend_events() -> None:
     metrics.sts_connection_failure("global")
     metrics.sts_throttled("cn-north-1")
     metrics.ec2_describe_instances_call()
-    metrics.configmap_watch_failure()
     metrics.dynamicfile_failure()
     metrics.backend_error("CRD")
     metrics.reload("config", ok=False)
@@ -191,38 +192,9 @@ def test_sts_and_backend_events() -> None:
     assert get(f"{P}sts_connection_failures_total", {"StsRegion": "global"}) == 1.0
     assert get(f"{P}sts_throttling_total", {"StsRegion": "cn-north-1"}) == 1.0
     assert get(f"{P}ec2_describe_instances_calls_total") == 1.0
-    assert get(f"{P}configmap_watch_failures_total") == 1.0
     assert get(f"{P}dynamicfile_failures_total") == 1.0
     assert get("authd_backend_errors_total", {"backend": "CRD"}) == 1.0
     assert get("authd_reloads_total", {"source": "config", "result": "error"}) == 1.0
-
-
-def test_dynamic_file_gauges_are_set_and_never_reset() -> None:
-    """DynamicFile alongside others sets `enabled`, alone sets `only`; neither goes back."""
-    metrics = Metrics(process_collector=False)
-    get = metrics.registry.get_sample_value
-    metrics.dynamic_file_mode(["MountedFile"])
-    assert (get(f"{P}dynamic_file_enabled"), get(f"{P}dynamic_file_only")) == (0.0, 0.0)
-    metrics.dynamic_file_mode(["MountedFile", "DynamicFile"])
-    assert (get(f"{P}dynamic_file_enabled"), get(f"{P}dynamic_file_only")) == (1.0, 0.0)
-    metrics.dynamic_file_mode(["DynamicFile"])
-    metrics.dynamic_file_mode(["MountedFile"])
-    assert (get(f"{P}dynamic_file_enabled"), get(f"{P}dynamic_file_only")) == (1.0, 1.0)
-
-
-@pytest.mark.parametrize(
-    ("host", "label"),
-    [
-        ("sts.amazonaws.com", "global"),
-        ("sts.us-west-2.amazonaws.com", "us-west-2"),
-        ("sts.cn-north-1.amazonaws.com.cn", "cn-north-1"),
-        ("STS.EU-WEST-1.AMAZONAWS.COM:443", "eu-west-1"),
-        ("sts-fips.us-east-1.amazonaws.com", "us-east-1"),
-    ],
-)
-def test_sts_region_label(host: str, label: str) -> None:
-    """The StsRegion label is `global` or the host's second label (metrics.md)."""
-    assert sts_region_label(host) == label
 
 
 def test_render_is_text_format_without_created_samples() -> None:

@@ -7,14 +7,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from authd import token as tokens
 from authd.client.presign import (
     USER_AGENT,
     AwsCredentials,
     AwsSettings,
     Endpoint,
     TokenOptions,
-    decode_token,
-    encode_token,
     get_token,
     load_settings,
     make_token,
@@ -179,18 +178,19 @@ def test_order_query_puts_signature_last() -> None:
 def test_token_codec_round_trip() -> None:
     """Tokens are unpadded URL-safe base64 of the URL behind the k8s-aws-v1. prefix."""
     for url in ("https://sts.amazonaws.com/?a=b", "https://x/?q=~~~>>>???", "h"):
-        token = encode_token(url)
+        token = tokens.encode(url)
+        assert token.startswith("k8s-aws-v1.")
         assert "=" not in token
         assert "+" not in token
         assert "/" not in token
-        assert decode_token(token) == url
+        assert tokens.decode(token) == url
 
 
 def test_make_token_expiry_follows_signing_time() -> None:
     """The token is offered for 14 minutes after its X-Amz-Date."""
     endpoint = Endpoint(url="https://sts.us-east-1.amazonaws.com", signing_region="us-east-1")
     token = make_token(KEYS, cluster_id="c", endpoint=endpoint)
-    query = dict(parse_qsl(urlsplit(decode_token(token.token)).query))
+    query = dict(parse_qsl(urlsplit(tokens.decode(token.token)).query))
     assert token.expiration.strftime("%Y%m%dT%H%M%SZ") > query["X-Amz-Date"]
     assert (token.expiration.timestamp() - _amz(query["X-Amz-Date"])) == 14 * 60
     assert token.credentials_expire is None

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from authd import __commit__, __version__
+from authd.errors import AuthdError
 
 if TYPE_CHECKING:
     from authd.config import ServerSettings
@@ -92,5 +93,20 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for warning in settings.warnings:
         log.warning(warning)
     region = resolve_region(env)
-    trio.run(lambda: run_server(settings, region=region))
+    try:
+        trio.run(lambda: run_server(settings, region=region))
+    except ExceptionGroup as group:
+        # trio's nurseries wrap even a single error; a start-up failure is one AuthdError
+        # (a busy port, a bad certificate) that the CLI prints as one line, exit 1.
+        error = sole_error(group)
+        if isinstance(error, AuthdError):
+            raise error from None
+        raise
     return 0
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one member each, else `error` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -10,7 +10,6 @@ signs with `SigV4QueryAuth`. Every other credential source goes through a full b
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -23,9 +22,9 @@ from typing import Any, Protocol
 from authd import __version__
 from authd.client.tokencache import aws_config_file
 from authd.errors import ClientError, CredentialError
+from authd.token import CLUSTER_ID_HEADER
+from authd.token import encode as encode_token  # the one token codec, shared with the server
 
-TOKEN_PREFIX = "k8s-aws-v1."  # noqa: S105 - a format prefix, not a secret
-CLUSTER_ID_HEADER = "x-k8s-aws-id"
 # Kept at 60 for servers <= 0.3.0 that required 0..60; STS ignores it (token.md A4).
 PRESIGN_EXPIRES = 60
 # One minute less than the 15 minutes STS accepts a presigned URL for (token.md B10).
@@ -98,20 +97,6 @@ Warn = Callable[[str], None]
 
 
 # --- pure helpers used on every path ------------------------------------------------------
-
-
-def encode_token(url: str) -> str:
-    """Wrap a presigned URL as `k8s-aws-v1.` + unpadded URL-safe base64 (token.md A1)."""
-    payload = base64.urlsafe_b64encode(url.encode()).rstrip(b"=").decode()
-    return TOKEN_PREFIX + payload
-
-
-def decode_token(token: str) -> str:
-    """Return the presigned URL inside a token (no validation beyond the prefix and base64)."""
-    if not token.startswith(TOKEN_PREFIX):
-        raise ClientError(f"token lacks the {TOKEN_PREFIX} prefix")
-    payload = token[len(TOKEN_PREFIX) :]
-    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
 
 
 def signing_time(url: str) -> datetime:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from authd.token import PREFIX
+
 FORMAT = "authd-token-cache/v1"
 # A token is printed again until one minute before its expirationTimestamp (13 min after signing).
 MARGIN = timedelta(minutes=1)
@@ -252,7 +254,7 @@ def _entry(document: dict[str, object], now: datetime) -> tuple[str, _Entry | No
     files = document.get("files")
     valid_until = _time(document.get("validUntil"))
     expiration = _time(document.get("expirationTimestamp"))
-    if not isinstance(token, str) or not token.startswith("k8s-aws-v1."):
+    if not isinstance(token, str) or not token.startswith(PREFIX):
         return "no token", None
     if not isinstance(files, dict) or valid_until is None or expiration is None:
         return "incomplete entry", None

@@ -1,8 +1,8 @@
-"""The webhook's routes and the one table that turns each review outcome into an HTTP answer.
+"""The webhook's routes: each review's outcome (authd.outcomes) becomes its HTTP answer here.
 
 Definitive answers are 200 so the API server can cache them; transient ones (429, 503) carry
-Retry-After so it retries (authd.md section 4). Upstream answers every refusal with 403; see
-docs/migration.md for why authd does not.
+Retry-After so it retries; an unexpected error inside authd is a 500 (docs/server.md). Upstream
+answers every refusal with 403; see docs/migration.md for why authd does not.
 """
 
 from __future__ import annotations
@@ -12,19 +12,13 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from authd.errors import (
-    AuthdError,
-    BadRequestError,
-    MappingError,
-    StsRejectedError,
-    StsThrottledError,
-    StsUnavailableError,
-    TokenFormatError,
-)
+import structlog
+
+from authd.errors import AuthdError, TokenFormatError
 from authd.logs import ReviewLog, log_review
 from authd.metrics import Metrics
+from authd.outcomes import ALLOWED, INTERNAL_ERROR, Outcome, outcome_of
 from authd.server import review
 from authd.server.authenticator import Authenticator
 from authd.server.http import Request, Response
@@ -36,35 +30,6 @@ _REVIEWS = itertools.count(1)
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 _JSON_HEADERS = ((b"content-type", JSON.encode()),)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one kind of result is answered: HTTP status, log decision, upstream metric label."""
-
-    status: int
-    decision: str
-    result: str
-
-
-# The one place where outcomes become statuses and labels. Looked up along the exception's MRO.
-OUTCOMES: dict[type[AuthdError], Outcome] = {
-    BadRequestError: Outcome(400, "deny", "malformed_request"),
-    TokenFormatError: Outcome(200, "deny", "invalid_token"),
-    StsRejectedError: Outcome(200, "deny", "sts_error"),
-    StsThrottledError: Outcome(429, "retry", "sts_throttling"),
-    StsUnavailableError: Outcome(503, "retry", "sts_error"),
-    MappingError: Outcome(200, "deny", "uknown_user"),  # upstream's spelling, kept for dashboards
-}
-ALLOWED = Outcome(200, "allow", "success")
-
-
-def outcome_of(exc: AuthdError) -> Outcome:
-    """The table entry for `exc`; an error the table does not name is a transient failure."""
-    for cls in type(exc).__mro__:
-        if cls in OUTCOMES:
-            return OUTCOMES[cls]
-    return Outcome(503, "retry", "sts_error")
 
 
 class App:
@@ -126,12 +91,18 @@ class App:
             if not parsed.token:
                 raise TokenFormatError("token is missing")
             verdict = await self._authenticator.authenticate(parsed.token, log_fields=fields)
-        except AuthdError as exc:
-            outcome, reason = outcome_of(exc), exc.reason
+        except Exception as exc:  # never BaseException: trio's Cancelled must pass
+            outcome = outcome_of(exc)
+            if outcome is INTERNAL_ERROR:
+                # A bug: its traceback goes to the log (redacted like every line); the
+                # review is still answered, logged and counted below.
+                structlog.get_logger("authd.server").error(
+                    "review failed", request_id=fields["request_id"], exc_info=exc
+                )
             response = _refusal(outcome, exc, api_version)
-            fields["error"] = str(exc)
+            fields["error"] = _detail(exc)
         else:
-            outcome, reason, backend = ALLOWED, "", verdict.backend
+            outcome, backend = ALLOWED, verdict.backend
             body = review.allow(api_version, verdict.user)
             response = Response(status=200, headers=_JSON_HEADERS, body=body)
             fields["username"] = verdict.user.username
@@ -140,28 +111,35 @@ class App:
         self._metrics.observe_review(
             result=outcome.result,
             decision=outcome.decision,
-            reason=reason or "ok",
+            reason=outcome.reason,
             backend=backend,
             seconds=elapsed,
         )
         fields["decision"] = outcome.decision
-        fields["reason"] = reason
+        fields["reason"] = "" if outcome is ALLOWED else outcome.reason
         fields["backend"] = backend
         fields["latency_ms"] = round(elapsed * 1000, 3)
         self._review_log(fields)
         return response
 
 
-def _refusal(outcome: Outcome, exc: AuthdError, api_version: str) -> Response:
+def _refusal(outcome: Outcome, exc: Exception, api_version: str) -> Response:
     """The answer for a refused review: text for a bad request, else a TokenReview denial."""
+    detail = _detail(exc)
     if outcome.status == 400:
-        return _text(400, f"{exc}\n")
+        return _text(400, f"{detail}\n")
     headers: list[tuple[str, str]] = [("content-type", JSON)]
     if outcome.status in (429, 503):
         retry_after = getattr(exc, "retry_after", 1.0)
         headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
-    body = review.deny(api_version, reason=exc.reason, message=str(exc))
+    body = review.deny(api_version, reason=outcome.reason, message=detail)
     return Response(status=outcome.status, headers=tuple(headers), body=body)
+
+
+def _detail(exc: Exception) -> str:
+    """What the answer and the log line say about `exc`: an AuthdError's own text; for anything
+    else only its class name, since a foreign message may hold what the caller must not see."""
+    return str(exc) if isinstance(exc, AuthdError) else f"unexpected {type(exc).__name__}"
 
 
 def _text(status: int, text: str) -> Response:

@@ -75,14 +75,9 @@ class Authenticator:
         self._chain = chain
         self._clock = clock
         self._resolve_private_dns = resolve_private_dns
-        self.guard = StsGuard(
+        self._guard = StsGuard(
             sts=sts, cluster_ids=cluster_ids, metrics=metrics, protection=protection
         )
-
-    @property
-    def chain(self) -> MapperChain:
-        """The mapper chain (the daemon swaps its backends' tables on reload)."""
-        return self._chain
 
     async def authenticate(
         self, token: str, *, log_fields: dict[str, object] | None = None
@@ -100,10 +95,10 @@ class Authenticator:
         """
         now = self._clock()
         key = token_key(token)
-        entry = self.guard.cached(key, now=now)
+        entry = self._guard.cached(key, now=now)
         if entry is None:
             request = tokens.verify(token, now=now, policy=self._policy)
-            entry = await self.guard.identify(key, request, now=now)
+            entry = await self._guard.identify(key, request, now=now)
         identity = entry.identity
         if log_fields is not None:
             log_fields["arn"] = identity.canonical_arn

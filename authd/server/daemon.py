@@ -10,6 +10,8 @@ table and marks the backend not ready.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import httpx
@@ -18,6 +20,7 @@ import trio
 
 from authd import logs
 from authd.config import ServerSettings
+from authd.errors import ListenError
 from authd.metrics import Metrics
 from authd.server import kubeconfig, tls
 from authd.server.app import App
@@ -61,7 +64,8 @@ async def run_server(
 
     Raises:
         AuthdError: the state dir, kubeconfig or TLS setup failed (fatal at start).
-        OSError: the address cannot be bound.
+        ListenError: an address cannot be listened on (an OSError; trio's nurseries wrap it
+            in exception groups).
     """
     metrics = Metrics()
     backends = Backends(settings, metrics)
@@ -110,14 +114,33 @@ async def run_server(
                         limits=limits or Limits(),
                         shutdown=shutdown,
                     )
-                    bound: tuple[str, int] = await servers.start(serve)
+                    with _naming(_join(settings.address, settings.port)):
+                        bound: tuple[str, int] = await servers.start(serve)
                     if settings.health_address:
-                        await servers.start(_serve_health, settings.health_address, app, shutdown)
+                        with _naming(settings.health_address):
+                            await servers.start(
+                                _serve_health, settings.health_address, app, shutdown
+                            )
                     _log_listening(settings, bound, region)
                     task_status.started(bound)
             # The listeners returned: shutdown was asked for and in-flight reviews are done.
             outer.cancel_scope.cancel()
     log.info("stopped")
+
+
+@contextmanager
+def _naming(address: str) -> Iterator[None]:
+    """Turn an OSError from opening a listener (port in use, bind not permitted, no such
+    address) into one line naming `address` and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+def _join(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _log_listening(settings: ServerSettings, bound: tuple[str, int], region: str) -> None:

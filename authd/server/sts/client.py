@@ -26,9 +26,8 @@ from authd.errors import (
 )
 from authd.identity import Identity
 from authd.server.sts.transport import BodyReadError, H11Transport
-from authd.token import PresignedRequest
+from authd.token import CLUSTER_ID_HEADER, PresignedRequest
 
-CLUSTER_ID_HEADER = "x-k8s-aws-id"
 MAX_BODY_BYTES = 64 * 1024
 """A GetCallerIdentity answer is under 1 KiB; anything far bigger is not STS talking."""
 MAX_BODY_TEXT = 1024
