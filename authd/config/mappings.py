@@ -60,7 +60,6 @@ class RoleMapping:
     sso: SSOSpec | None = None
     username: str = ""
     groups: tuple[str, ...] = ()
-    userid: str = ""
 
     def check(self) -> tuple[str, str] | None:
         """Return `(key, message)` for the first problem upstream rejects, or None.
@@ -95,7 +94,6 @@ class UserMapping:
     userarn: str = ""
     username: str = ""
     groups: tuple[str, ...] = ()
-    userid: str = ""
 
 
 def _parse_sso(val: Located, warnings: list[str]) -> SSOSpec | None:
@@ -119,8 +117,8 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
         sso=_parse_sso(sso_val, warnings) if sso_val is not None else None,
         username=as_str(sec.get("username")),
         groups=as_strs(sec.get("groups")),
-        userid=as_str(sec.get("userid")),
     )
+    as_str(sec.get("userid"))  # accepted and type-checked, unused by MountedFile (as upstream)
     problem = entry.check()
     if problem is not None:
         key, message = problem
@@ -141,9 +139,7 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
             f"{sec['rolearn'].where}: role ARN has a path; role identities carry no path, so "
             "this entry never matches (use arn:<partition>:iam::<account>:role/<name>)"
         )
-    return RoleMapping(
-        rolearn=canonical, username=entry.username, groups=entry.groups, userid=entry.userid
-    )
+    return RoleMapping(rolearn=canonical, username=entry.username, groups=entry.groups)
 
 
 def _parse_user(val: Located, warnings: list[str]) -> UserMapping:
@@ -153,17 +149,15 @@ def _parse_user(val: Located, warnings: list[str]) -> UserMapping:
         userarn=as_str(sec.get("userarn")),
         username=as_str(sec.get("username")),
         groups=as_strs(sec.get("groups")),
-        userid=as_str(sec.get("userid")),
     )
+    as_str(sec.get("userid"))  # accepted and type-checked, unused by MountedFile (as upstream)
     if not entry.userarn:
         val.fail("value for userarn must be supplied")
     try:
         _, canonical = canonicalize(entry.userarn.lower())
     except ArnError as exc:
         sec["userarn"].fail(f"error canonicalizing ARN: {exc}")
-    return UserMapping(
-        userarn=canonical, username=entry.username, groups=entry.groups, userid=entry.userid
-    )
+    return UserMapping(userarn=canonical, username=entry.username, groups=entry.groups)
 
 
 def _parse_reserved(val: Located | None, warnings: list[str]) -> dict[str, tuple[str, ...]]:

@@ -114,11 +114,6 @@ class MapperChain:
         self._backends = tuple(backends)
         self._scrubbed = frozenset(scrubbed_accounts)
 
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        """The backends in the order they are tried."""
-        return self._backends
-
     async def map(
         self, identity: Identity, *, resolve_private_dns: PrivateDnsResolver | None = None
     ) -> MapResult:
