@@ -33,9 +33,31 @@ class AuthdError(Exception):
 
 
 class ConfigError(AuthdError, ValueError):
-    """Invalid configuration; the message names the file, line and key where known."""
+    """Invalid configuration; the message names the file, line and key where known.
+
+    The same location is kept as attributes for logs and tools, so nobody has to read it back
+    out of the text: `path` (the file), `line` (1-based) and `key` (the key path, as
+    `server.mapRoles[3].rolearn`); each is None when unknown or not from a file.
+    """
 
     reason = "config_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.key = key
+
+    def prefixed(self, text: str) -> ConfigError:
+        """The same error at the same location, its message preceded by `text: `."""
+        return ConfigError(f"{text}: {self}", path=self.path, line=self.line, key=self.key)
 
 
 class BadRequestError(AuthdError, ValueError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
-import json
 import re
 import string
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from authd.errors import ConfigError, TokenFormatError
+from authd.gotext import go_quote as _quote
 
 PREFIX = "k8s-aws-v1."
 """What every token starts with; the client, the verifier and log redaction all use this one."""
@@ -184,32 +184,46 @@ class EndpointPolicy:
         if partition not in _PARTITIONS:
             names = ", ".join(_PARTITIONS)
             raise ConfigError(f"invalid partition {partition!r}: expected one of {names}")
-        origins = frozenset(_normalise_origin(origin) for origin in extra_origins)
+        origins = frozenset(sts_origin(origin) for origin in extra_origins)
         return cls(partition=partition, region=region, extra_origins=origins)
 
 
-def _normalise_origin(text: str) -> str:
-    """Check one `--extra-sts-endpoint` value and return it as `scheme://host[:port]`."""
-    parts = urlsplit(text.strip())
+def sts_origin(text: str) -> str:
+    """Check one extra STS endpoint and return it as lower-case `scheme://host[:port]`.
+
+    The one rule for `--extra-sts-endpoint` and `server.extraSTSEndpoints`: https (or http to a
+    loopback host only), a host and an optional port, nothing else but a trailing `/`.
+
+    Raises:
+        ConfigError: `"<text>" is not a valid STS endpoint: <why>`.
+    """
+    try:
+        parts = urlsplit(text.strip())
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        parts = None
     shape_ok = (
-        parts.scheme in ("http", "https")
+        parts is not None
+        and parts.scheme in ("http", "https")
         and _ORIGIN_HOST.fullmatch(parts.netloc) is not None
         and parts.path in ("", "/")
         and not (parts.query or parts.fragment)
     )
-    if not shape_ok:
-        raise ConfigError(f"extra STS endpoint {text!r}: expected scheme://host[:port]")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+    if parts is None or not shape_ok:
         raise ConfigError(
-            f"extra STS endpoint {text!r}: http is only allowed for loopback hosts "
-            "(127.0.0.0/8, ::1, localhost); use https"
+            f"{_quote(text)} is not a valid STS endpoint: expected scheme://host[:port]"
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise ConfigError(
+            f"{_quote(text)} is not a valid STS endpoint: http is only allowed for loopback "
+            "hosts (127.0.0.0/8, ::1, localhost); use https"
         )
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
-def _is_loopback(hostname: str) -> bool:
-    """True for `localhost` and loopback IP addresses (127.0.0.0/8, ::1)."""
-    if hostname == "localhost":
+def is_loopback(hostname: str) -> bool:
+    """True for `localhost` (any case) and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if hostname.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(hostname).is_loopback
@@ -379,11 +393,6 @@ def _unescape(text: str) -> str:
     if bad is not None:
         raise _UrlError(f"invalid URL escape {_quote(text[bad.start() : bad.start() + 3])}")
     return unquote(text)
-
-
-def _quote(text: str) -> str:
-    """Quote text the way Go's %q does for ASCII."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,12 +16,12 @@ import trio.lowlevel
 import yaml
 from structlog.testing import capture_logs
 
-from authd import config as config_module
-from authd.config import FileConfig, ServerSettings
+from authd.config import FileConfig, MappingConfig, ServerSettings
+from authd.config.yamlevents import LOADER, from_node, tree_from_events
 from authd.errors import NotMappedError, ReservedPrefixError
 from authd.identity import Identity
 from authd.metrics import Metrics
-from authd.server.backends import Backends, json_line
+from authd.server.backends import Backends
 from authd.server.reload import Timing
 
 ACCOUNT = "123456789012"
@@ -179,9 +180,10 @@ async def test_broken_yaml_keeps_the_last_good_mapping(env: Env) -> None:
     ok, text = env.backends.readiness()
     assert not ok
     assert "MountedFile: degraded, serving the last good mapping: Can't read configuration" in text
-    assert f"{env.config}:8: " in text
+    # The unclosed `[` is on line 7; the parser only notices at the end of the text (line 8).
+    assert f"{env.config}:7: " in text
     failure = next(e for e in logs if e["event"] == "reload failed; keeping the last good mapping")
-    assert failure["file"] == str(env.config) and failure["line"] == 8
+    assert failure["file"] == str(env.config) and failure["line"] == 7
     assert env.sample("authd_backend_reload_errors_total", backend="MountedFile") == 1.0
     assert env.sample("authd_reloads_total", source="config", result="error") == 1.0
     save(env.config, config_text("alice-fixed"))
@@ -405,14 +407,6 @@ async def test_reviews_in_flight_see_one_whole_snapshot(tmp_path: Path) -> None:
     assert len(seen) > 10
 
 
-def test_json_line_finds_keys_case_insensitively() -> None:
-    """json_line walks a document and returns the line of the value at a key path."""
-    data = b'{\n "MAPROLES": [\n  {"rolearn": "a"},\n  {\n   "Groups": 1\n  }\n ]\n}'
-    assert json_line(data, ["mapRoles", 1, "groups"]) == 5
-    assert json_line(data, ["mapRoles", 0]) == 3
-    assert json_line(data, ["mapUsers"]) is None
-
-
 FAST_PATH_TEXTS = [
     "clusterID: a\nserver:\n  port: 0123\n  mapAccounts: [000011112222, '000011112222']\n",
     "clusterID: 'x'\nserver: {mapUsers: [{userarn: 'arn:aws:iam::1:user/a', groups: [a, b]}]}\n",
@@ -430,20 +424,16 @@ FAST_PATH_TEXTS = [
 def test_event_builder_matches_the_composer(text: str) -> None:
     """The fast YAML path builds exactly the values, locations and warnings of the composer."""
     fast_warnings: list[str] = []
-    fast = config_module._tree_from_events(text, src="c.yaml", warnings=fast_warnings)
+    fast = tree_from_events(text, src="c.yaml", warnings=fast_warnings)
     slow_warnings: list[str] = []
-    node = yaml.compose(text, Loader=config_module._LOADER)
-    slow = (
-        None
-        if node is None
-        else config_module._from_node(node, src="c.yaml", path="", warnings=slow_warnings)
-    )
+    node = yaml.compose(text, Loader=LOADER)
+    slow = None if node is None else from_node(node, src="c.yaml", path="", warnings=slow_warnings)
     assert _dump(fast) == _dump(slow)
     assert fast_warnings == slow_warnings
 
 
 def _dump(val: object) -> object:
-    """A located tree as comparable data: (value, where, text, unquoted)."""
+    """A located tree as comparable data: (value, file, line, key, text, unquoted)."""
     if val is None:
         return None
     value = val.value  # type: ignore[attr-defined]
@@ -453,7 +443,15 @@ def _dump(val: object) -> object:
         inner = {k: _dump(v) for k, v in value.items()}
     else:
         inner = (type(value).__name__, value)
-    return (inner, val.where, val.text, val.unquoted_number)  # type: ignore[attr-defined]
+    located: Any = val
+    return (
+        inner,
+        located.src,
+        located.line,
+        located.key,
+        located.text,
+        located.unquoted_number,
+    )
 
 
 def test_anchors_and_merge_keys_take_the_composer_path() -> None:
@@ -463,5 +461,5 @@ def test_anchors_and_merge_keys_take_the_composer_path() -> None:
         "  - <<: *b\n    userarn: arn:aws:iam::123456789012:user/a\n"
     )
     file = FileConfig.from_text(text, path="c.yaml")
-    mapping = config_module.MappingConfig.from_file_config(file)
+    mapping = MappingConfig.from_file_config(file)
     assert mapping.map_users[0].username == "x"

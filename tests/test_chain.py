@@ -491,3 +491,80 @@ def test_dynamicfile_strict_unparsable_arn_fails_closed() -> None:
     )
     with pytest.raises(MappingError, match="ARN does not match User ID"):
         table.lookup(_role_identity())
+
+
+DYNAMIC_TEXT = (
+    "{\n"
+    '  "mapRoles": [\n'
+    '    {"rolearn": "arn:aws:iam::000000000000:role/A", "username": "a"},\n'
+    "    {\n"
+    '      "RoleArn": "arn:aws:iam::bad",\n'
+    '      "username": "b",\n'
+    '      "groups": ["g"]\n'
+    "    }\n"
+    "  ],\n"
+    '  "mapAccounts": ["000000000000"]\n'
+    "}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "refuse", "line", "key"),
+    [
+        (DYNAMIC_TEXT.replace('"username": "a"}', '"username": }'), False, 3, None),
+        (DYNAMIC_TEXT.replace('["g"]', "[7]"), False, 7, "mapRoles[1].groups"),
+        (DYNAMIC_TEXT, True, 5, "mapRoles[1].rolearn"),
+        (DYNAMIC_TEXT.replace('"RoleArn": "arn:aws:iam::bad",', ""), False, 4, "mapRoles[1]"),
+    ],
+    ids=["syntax", "wrong-type", "bad-arn", "missing-key"],
+)
+def test_dynamicfile_errors_carry_path_line_and_key(
+    data: str, refuse: bool, line: int, key: str | None
+) -> None:
+    """The DynamicFile parser itself says where a refused version is wrong: file, line, key."""
+    with pytest.raises(ConfigError) as caught:
+        DynamicFileTable.from_bytes(
+            data.encode(), path="dyn.json", userid_strict=False, refuse_bad_arns=refuse
+        )
+    error = caught.value
+    assert (error.path, error.line, error.key) == ("dyn.json", line, key)
+    assert str(error).startswith("dyn.json: ")
+
+
+def test_dynamicfile_bad_arn_without_refusal_only_warns() -> None:
+    """By default a bad ARN leaves its entry out with a warning, as upstream never finds it."""
+    table = DynamicFileTable.from_bytes(DYNAMIC_TEXT.encode(), path="d.json", userid_strict=False)
+    assert len(table) == 2  # one role, one account
+    assert len(table.warnings) == 1
+    assert table.warnings[0].startswith("d.json: mapRoles[1].rolearn: ")
+    assert table.warnings[0].endswith("; entry never matches")
+
+
+def test_tables_count_their_mappings() -> None:
+    """len() of a table is its roles, SSO patterns, users and allowed accounts."""
+    file = FileConfig.from_text(
+        "server:\n"
+        "  mapRoles:\n"
+        "  - {rolearn: 'arn:aws:iam::000000000000:role/A', username: a}\n"
+        "  - sso: {permissionSetName: Admin, accountID: '000000000000'}\n"
+        "    username: s\n"
+        "  mapUsers:\n"
+        "  - {userarn: 'arn:aws:iam::000000000000:user/u', username: u}\n"
+        "  mapAccounts: ['111122223333', '222233334444']\n",
+        path="c.yaml",
+    )
+    mapping = MappingConfig.from_file_config(file)
+    assert len(MountedFileTable.from_config(mapping, sso_role_match=True)) == 5
+    assert len(MountedFileTable.from_config(mapping, sso_role_match=False)) == 4
+    assert len(MountedFileTable.from_config(MappingConfig())) == 0
+    dynamic = _dynamic(
+        {
+            "mapRoles": [{"rolearn": "arn:aws:iam::000000000000:role/A", "username": "a"}],
+            "mapUsers": [
+                {"userarn": "arn:aws:iam::000000000000:user/u", "username": "u"},
+                {"userarn": "arn:aws:iam::000000000000:user/v", "username": "v"},
+            ],
+            "mapAccounts": ["111122223333"],
+        }
+    )
+    assert len(dynamic) == 4

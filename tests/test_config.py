@@ -74,9 +74,57 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("clusterID: c\nserver:\n  mapRoles:\n  - rolearn: [unclosed\n")
     with pytest.raises(ConfigError) as caught:
         FileConfig.from_file(path)
-    message = str(caught.value)
-    assert message.startswith(f'Can\'t read configuration file "{path}": {path}:')
-    assert f"{path}:5:" in message or f"{path}:4:" in message
+    # The unclosed `[` is on line 4; the parser only notices at the end of the text (line 5).
+    assert str(caught.value) == (
+        f"Can't read configuration file \"{path}\": {path}:4: did not find expected ',' or ']'"
+    )
+    assert (caught.value.path, caught.value.line, caught.value.key) == (str(path), 4, None)
+
+
+def test_syntax_error_inside_the_text_names_its_own_line() -> None:
+    """A problem found before the end of the text is blamed on the line where it is found."""
+    with pytest.raises(ConfigError) as caught:
+        _file("clusterID: c\nserver:\n  port: 1\n   bad: 2\nx: y\n")
+    assert str(caught.value).startswith("config.yaml:4: ")
+    assert (caught.value.path, caught.value.line, caught.value.key) == ("config.yaml", 4, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("clusterID: c\nserver:\n  port: [1]\n", 3, "server.port"),
+        (
+            "clusterID: c\nserver:\n  mapUsers:\n  - userarn: nope\n",
+            4,
+            "server.mapUsers[0].userarn",
+        ),
+        (
+            "clusterID: c\nserver:\n  mapRoles:\n  - rolearn: arn:aws:iam::1:role/R\n"
+            "  - username: u\n",
+            5,
+            "server.mapRoles[1]",
+        ),
+    ],
+    ids=["wrong-type", "bad-arn", "missing-key"],
+)
+def test_config_errors_carry_path_line_and_key(text: str, line: int, key: str) -> None:
+    """A wrong type or a bad ARN in YAML gives the file, line and key as attributes."""
+    with pytest.raises(ConfigError) as caught:
+        ServerSettings.resolve(flags={}, env={}, file=_file(text))
+    error = caught.value
+    assert (error.path, error.line, error.key) == ("config.yaml", line, key)
+    assert f"config.yaml:{line}: {key}: " in str(error)
+
+
+def test_json_config_errors_carry_path_and_line() -> None:
+    """A JSON syntax error carries the file and line; a flag error carries no file location."""
+    with pytest.raises(ConfigError) as caught:
+        _file('{\n  "clusterID": "c",\n}\n', path="c.json")
+    assert (caught.value.path, caught.value.line, caught.value.key) == ("c.json", 3, None)
+    with pytest.raises(ConfigError) as caught:
+        _settings(flags={"port": "http"})
+    assert (caught.value.path, caught.value.line, caught.value.key) == (None, None, None)
+    assert str(caught.value).startswith("--port: ")
 
 
 def test_json_config_syntax_error_and_lines(tmp_path: Path) -> None:
@@ -590,12 +638,12 @@ def test_extra_sts_endpoints() -> None:
         "http://127.0.0.1:5000",
         "http://[::1]:1",
     )
-    assert "http is only for loopback" in _error(
+    assert "http is only allowed for loopback hosts" in _error(
         "clusterID: c\n", flags={"extra_sts_endpoints": ["http://sts.example.com"]}
     )
     assert _error("clusterID: c\nserver:\n  extraSTSEndpoints:\n  - https://h/path\n") == (
         'config.yaml:4: server.extraSTSEndpoints[0]: "https://h/path" is not a valid STS '
-        "endpoint: only scheme://host[:port]"
+        "endpoint: expected scheme://host[:port]"
     )
 
 

@@ -47,9 +47,9 @@ class Target:
         self.applied.append(parsed)
         self._record(change)
 
-    def reject(self, problem: str, change: Change) -> None:
+    def reject(self, error: ConfigError, change: Change) -> None:
         """Record a refusal."""
-        self.rejected.append(problem)
+        self.rejected.append(str(error))
         self._record(change)
 
     def missing(self, change: Change) -> None:

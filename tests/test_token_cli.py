@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from authd.config import FileConfig, ServerSettings
 from tests.conftest import RunAuthd
 from tests.fakes.moto import IamRole, IamUser, MotoAws, caller_identity, decode_token
 from tests.fakes.sts_front import StsFront
@@ -365,8 +366,33 @@ def test_bad_config_file_is_one_line(
     config.write_text("clusterID: [unclosed\n")
     done = run_authd(["token", "-c", str(config)], client_env)
     assert done.returncode == 1
-    assert done.stderr.startswith(f"Error: config file {config} line ")
+    assert done.stderr.startswith(f'Error: Can\'t read configuration file "{config}": {config}:1: ')
     assert done.stderr.count("\n") == 1
+
+
+def test_wrong_type_in_config_names_file_line_and_key(
+    run_authd: RunAuthd, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A config value of the wrong type is refused with the file, line and key, exit 1."""
+    config = tmp_path / "authd.yaml"
+    config.write_text("clusterID: c\ntokenOnly: maybe\n")
+    done = run_authd(["token", "-c", str(config)], client_env)
+    assert done.returncode == 1
+    assert done.stderr == (f'Error: {config}:2: tokenOnly: expected true or false, got "maybe"\n')
+
+
+def test_cluster_id_means_the_same_to_token_and_server(
+    run_authd: RunAuthd, client_env: dict[str, str], iam_user: IamUser, tmp_path: Path
+) -> None:
+    """An unquoted `clusterID: 0123` is cluster `123` for `authd token` and for the server."""
+    config = tmp_path / "authd.yaml"
+    config.write_text("clusterID: 0123\ntokenOnly: true\n")
+    server = ServerSettings.resolve(flags={}, env={}, file=FileConfig.from_file(config))
+    assert server.cluster_id == "123"
+    done = run_authd(["token", "-c", str(config)], client_env | iam_user.env())
+    assert done.returncode == 0, done.stderr
+    assert caller_identity(done.stdout.strip(), server.cluster_id).status == 200
+    assert caller_identity(done.stdout.strip(), "83").status == 403  # not YAML 1.1's octal
 
 
 def test_aws_iam_authenticator_entry_point(

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from authd.cli.common import pick
@@ -28,9 +27,11 @@ from authd.client.tokencache import (
     default_directory,
 )
 from authd.errors import ClientError, ConfigError
+from authd.gotext import parse_bool
 
 if TYPE_CHECKING:
     from authd.client.presign import TokenOptions
+    from authd.config.client import ClientFileSettings
 
 MFA_PROMPT = "Assume Role MFA token code: "
 API_V1 = "client.authentication.k8s.io/v1"
@@ -58,21 +59,10 @@ def add_parser(
 
 def _flag_bool(text: str) -> bool:
     """Go's flag syntax for booleans: `--cache`, `--cache=true`, `--cache=false`."""
-    value = _bool(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
-    return value
-
-
-def _bool(value: object) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "t", "true"):
-        return True
-    if text in ("0", "f", "false"):
-        return False
-    return None
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,33 +248,36 @@ def check_role_arn(role_arn: str) -> None:
 def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> TokenSettings:
     """Apply upstream's precedence to the flags, env and `--config` file.
 
+    The file is read by `authd.config`, the reader the server uses, so each key means the same
+    to both commands.
+
     Raises:
-        ConfigError: no cluster ID, several, both session-name options, or a bad config file.
+        ConfigError: no cluster ID, several, both session-name options, or a bad config file
+            (with its path, line and key).
     """
-    config = load_config(args.config) if args.config else {}
-    cluster_id = _cluster_id(args.cluster_id, env, config.get("clusterid"))
-    session_name = str(pick(args.session_name, {}, None, config.get("sessionname"), ""))
-    forward = _setting_bool(args.forward_session_name, config, "forwardsessionname")
+    # Without --config nothing of authd.config is imported: PyYAML costs a cache hit 20 ms.
+    file = load_config(args.config) if args.config else None
+    cluster_id = _cluster_id(args.cluster_id, env, file.cluster_id if file else None)
+    session_name = str(pick(args.session_name, {}, None, file.session_name if file else None, ""))
+    forward = _setting_bool(args.forward_session_name, file.forward_session_name if file else None)
     if forward and session_name:
         raise ConfigError("cannot specify both --forward-session-name and --session-name parameter")
     return TokenSettings(
         cluster_id=cluster_id,
-        role_arn=str(pick(args.role, env, "DEFAULT_ROLE", config.get("role"), "")),
-        external_id=str(pick(args.external_id, {}, None, config.get("externalid"), "")),
+        role_arn=str(pick(args.role, env, "DEFAULT_ROLE", file.role if file else None, "")),
+        external_id=str(pick(args.external_id, {}, None, file.external_id if file else None, "")),
         session_name=session_name,
         forward_session_name=forward,
-        region=str(pick(args.region, {}, None, config.get("region"), "")),
-        token_only=_setting_bool(args.token_only, config, "tokenonly"),
-        cache=_setting_bool(args.cache, config, "cache"),
+        region=str(pick(args.region, {}, None, file.region if file else None, "")),
+        token_only=_setting_bool(args.token_only, file.token_only if file else None),
+        cache=_setting_bool(args.cache, file.cache if file else None),
     )
 
 
-def _cluster_id(flag: list[str] | None, env: Mapping[str, str], config: object) -> str:
+def _cluster_id(flag: list[str] | None, env: Mapping[str, str], config: str | None) -> str:
+    """The one cluster ID: flag, then env, then the config file's (its first, current one)."""
     if flag and len(set(flag)) > 1:
         raise ConfigError(f"token takes one --cluster-id, got {len(set(flag))}")
-    if isinstance(config, list):
-        # A config file shared with the server may list IDs for a rotation: the first is current.
-        config = config[0] if config else None
     value = pick(
         flag[0] if flag else None, env, "KUBERNETES_AWS_AUTHENTICATOR_CLUSTER_ID", config, ""
     )
@@ -293,39 +286,22 @@ def _cluster_id(flag: list[str] | None, env: Mapping[str, str], config: object) 
     return str(value)
 
 
-def _setting_bool(flag: bool | None, config: Mapping[str, Any], key: str) -> bool:
+def _setting_bool(flag: bool | None, config: bool | None) -> bool:
+    """A boolean flag, else the config file's value, else false."""
     if flag is not None:
         return flag
-    if key not in config or config[key] is None:
-        return False
-    value = _bool(config[key])
-    if value is None:
-        raise ConfigError(f"config key {key}: not a boolean: {config[key]!r}")
-    return value
+    return bool(config)
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """Read the YAML or JSON `--config` file; keys are matched ignoring case, as viper does.
+def load_config(path: str) -> ClientFileSettings:
+    """Read the `--config` file's `token` keys with the config reader every command uses.
 
     Raises:
-        ConfigError: the file cannot be read, does not parse, or is not a mapping.
+        ConfigError: the file cannot be read, does not parse, or has a value of the wrong type.
     """
-    import yaml
+    from authd.config import ClientFileSettings, FileConfig  # only with --config: yaml is slow
 
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    try:
-        document = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "does not parse"
-        raise ConfigError(f"config file {path}{where}: {problem}") from exc
-    if not isinstance(document, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    return {str(k).lower(): v for k, v in document.items()}
+    return ClientFileSettings.from_file_config(FileConfig.from_file(path))
 
 
 def _warn(message: str) -> None:

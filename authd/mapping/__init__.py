@@ -2,7 +2,8 @@
 
 One module per backend (`file` for MountedFile, `dynamicfile`, later `configmap` and `crd`),
 `templates` for username/group placeholders, and `chain` to try the backends in order
-(mapping.md). Tables are immutable snapshots; a reloader swaps a whole table at once.
+(mapping.md). Every table answers `lookup()` and `len()`. Tables are immutable snapshots; a
+reloader swaps a whole table at once.
 """
 
 from __future__ import annotations
@@ -35,4 +36,8 @@ class MappingTable(Protocol):
 
     def is_account_allowed(self, account_id: str) -> bool:
         """True when the account is in this table's `mapAccounts` allow-list."""
+        ...
+
+    def __len__(self) -> int:
+        """The number of mappings: role, user and SSO entries plus allowed accounts."""
         ...

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from authd.config import aggregate_message, go_quote
 from authd.errors import AuthdError, NotMappedError, ReservedPrefixError, TemplateError
+from authd.gotext import aggregate_message, go_quote
 from authd.identity import Identity, User
 from authd.mapping import Entry, MappingTable
 from authd.mapping.templates import instance_id, needs_private_dns, render
@@ -113,11 +113,6 @@ class MapperChain:
     ) -> None:
         self._backends = tuple(backends)
         self._scrubbed = frozenset(scrubbed_accounts)
-
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        """The backends in the order they are tried."""
-        return self._backends
 
     async def map(
         self, identity: Identity, *, resolve_private_dns: PrivateDnsResolver | None = None

@@ -19,6 +19,8 @@ from typing import Any
 
 from authd import jsoncodec
 from authd.arn import PARTITIONS, canonicalize, strip_path
+from authd.config.located import find
+from authd.config.yamlevents import read_tree
 from authd.errors import ArnError, ConfigError, NotMappedError
 from authd.identity import Identity
 from authd.mapping import Entry
@@ -35,43 +37,77 @@ class _Row:
     arn: str = ""
 
 
-def _fields(value: object, where: str) -> dict[str, Any]:
+def _where(path: str, at: str) -> str:
+    """The start of a message about the value at key path `at` ("" for the document)."""
+    return f"{path}: {at}" if at else path
+
+
+def _child(at: str, key: str) -> str:
+    """The key path of member `key` of the object at `at`."""
+    return f"{at}.{key}" if at else key
+
+
+def _fields(value: object, path: str, at: str) -> dict[str, Any]:
     """A JSON object as a dict with lower-cased keys (the last spelling wins)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+        raise ConfigError(
+            f"{_where(path, at)}: expected an object, got {type(value).__name__}", key=at
+        )
     return {str(k).lower(): v for k, v in value.items()}
 
 
-def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
+def _string(obj: Mapping[str, Any], key: str, path: str, at: str) -> str:
     """A string member; JSON null or absence is the empty string, as in Go."""
     value = obj.get(key.lower())
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}: expected a string, got {json.dumps(value)}")
+        raise ConfigError(
+            f"{_where(path, at)}.{key}: expected a string, got {json.dumps(value)}",
+            key=_child(at, key),
+        )
     return value
 
 
-def _strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+def _strings(obj: Mapping[str, Any], key: str, path: str, at: str) -> tuple[str, ...]:
     """A list-of-strings member; null or absence is empty."""
     value = obj.get(key.lower())
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}.{key}: expected a list of strings")
+        raise ConfigError(
+            f"{_where(path, at)}.{key}: expected a list of strings", key=_child(at, key)
+        )
     return tuple(value)
 
 
-def _entries(top: Mapping[str, Any], key: str, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """The objects of one top-level list, each with its key path for messages."""
+def _entries(top: Mapping[str, Any], key: str, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of one top-level list, each with its key path."""
     value = top.get(key.lower())
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: {key}: expected a list")
-    return [(f"{key}[{i}]", _fields(item, f"{where}: {key}[{i}]")) for i, item in enumerate(value)]
+        raise ConfigError(f"{path}: {key}: expected a list", key=key)
+    return [(f"{key}[{i}]", _fields(item, path, f"{key}[{i}]")) for i, item in enumerate(value)]
+
+
+def _located(exc: ConfigError, data: bytes, path: str) -> ConfigError:
+    """The same error with `path` set and the line of its key path found in the document.
+
+    Only a refused version pays for this: the document is read once more, by the config
+    reader, which keeps lines (JSON is YAML), and the key path is looked up in it.
+    """
+    line = None
+    if exc.key is not None:
+        try:
+            root = read_tree(data.decode("utf-8"), src=path, warnings=[])
+        except (ConfigError, UnicodeDecodeError):
+            root = None
+        found = find(root, exc.key)
+        line = found.line if found is not None else None
+    return ConfigError(str(exc), path=path, line=line, key=exc.key or None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,31 +120,46 @@ class DynamicFileTable:
     userid_strict: bool
     version: str = ""
     last_updated: str = ""
-    path: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, path: str, userid_strict: bool) -> DynamicFileTable:
+    def from_bytes(
+        cls, data: bytes, *, path: str, userid_strict: bool, refuse_bad_arns: bool = False
+    ) -> DynamicFileTable:
         """Parse one version of the file; any problem rejects the whole file.
+
+        An ARN that does not parse leaves its entry out with a warning, as upstream keeps it
+        where no lookup finds it; with `refuse_bad_arns` it rejects the file instead.
 
         Raises:
             ConfigError: invalid JSON, a wrong type, or an entry without its key
                 (`value for rolearn or userid(if dynamicfileUserIDStrict = true) must be
-                supplied`, likewise `userarn`); every message starts with `path`.
+                supplied`, likewise `userarn`); every message starts with `path`, and the
+                `path`, `line` and `key` attributes say where (the first problem's).
         """
         try:
             document = jsoncodec.loads(data)
         except ValueError as exc:  # bad JSON, not UTF-8, or nested too deeply
-            raise ConfigError(f"{path}: could not unmarshal dynamic file: {exc}") from exc
-        top = _fields(document, path)
-        warnings: list[str] = []
-        problems: list[str] = []
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+            message = f"{path}: could not unmarshal dynamic file: {exc}"
+            raise ConfigError(message, path=path, line=line) from exc
+        try:
+            return cls._build(document, path=path, strict=userid_strict, refuse=refuse_bad_arns)
+        except ConfigError as exc:
+            raise _located(exc, data, path) from exc
+
+    @classmethod
+    def _build(cls, document: object, *, path: str, strict: bool, refuse: bool) -> DynamicFileTable:
+        """Index a decoded document; errors carry their key path (the caller adds the line)."""
+        top = _fields(document, path, "")
+        warnings: list[tuple[str, str]] = []
+        problems: list[tuple[str, str]] = []
         roles = cls._index(
             top,
             "mapRoles",
             arn_key="rolearn",
             path=path,
-            strict=userid_strict,
+            strict=strict,
             problems=problems,
             warnings=warnings,
         )
@@ -117,24 +168,28 @@ class DynamicFileTable:
             "mapUsers",
             arn_key="userarn",
             path=path,
-            strict=userid_strict,
+            strict=strict,
             problems=problems,
             warnings=warnings,
         )
         accounts = top.get("mapaccounts") or []
         if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
-            problems.append("mapAccounts: expected a list of strings")
+            problems.append(("mapAccounts", "mapAccounts: expected a list of strings"))
         if problems:
-            raise ConfigError(f"{path}: error parsing dynamic file: " + "; ".join(problems))
+            text = "; ".join(message for _, message in problems)
+            raise ConfigError(f"{path}: error parsing dynamic file: {text}", key=problems[0][0])
+        if refuse and warnings:
+            # Upstream keeps such an entry where nothing finds it; refusing the version shows
+            # the typo while the last good mapping keeps serving.
+            raise ConfigError("; ".join(message for _, message in warnings), key=warnings[0][0])
         return cls(
             roles=MappingProxyType(roles),
             users=MappingProxyType(users),
             accounts=frozenset(accounts),
-            userid_strict=userid_strict,
-            version=_string(top, "Version", path),
-            last_updated=_string(top, "LastUpdatedDateTime", path),
-            path=path,
-            warnings=tuple(warnings),
+            userid_strict=strict,
+            version=_string(top, "Version", path, ""),
+            last_updated=_string(top, "LastUpdatedDateTime", path, ""),
+            warnings=tuple(message for _, message in warnings),
         )
 
     @staticmethod
@@ -145,8 +200,8 @@ class DynamicFileTable:
         arn_key: str,
         path: str,
         strict: bool,
-        problems: list[str],
-        warnings: list[str],
+        problems: list[tuple[str, str]],
+        warnings: list[tuple[str, str]],
     ) -> dict[str, _Row]:
         """Key one section's entries by user ID (strict) or canonical lower-cased ARN."""
         rows: dict[str, _Row] = {}
@@ -154,18 +209,21 @@ class DynamicFileTable:
         if isinstance(items, list) and _index_plain(items, rows, arn_key=arn_key, strict=strict):
             return rows
         rows.clear()
-        for where, obj in _entries(top, section, path):
-            arn = _string(obj, arn_key, f"{path}: {where}")
-            userid = _string(obj, "userid", f"{path}: {where}")
+        for at, obj in _entries(top, section, path):
+            arn = _string(obj, arn_key, path, at)
+            userid = _string(obj, "userid", path, at)
             entry = Entry(
-                username=_string(obj, "username", f"{path}: {where}"),
-                groups=_strings(obj, "groups", f"{path}: {where}"),
+                username=_string(obj, "username", path, at),
+                groups=_strings(obj, "groups", path, at),
             )
             key = userid if strict else arn
             if not key:
                 problems.append(
-                    f"{where}: value for {arn_key} or userid(if dynamicfileUserIDStrict = true) "
-                    "must be supplied"
+                    (
+                        at,
+                        f"{at}: value for {arn_key} or userid(if dynamicfileUserIDStrict = true) "
+                        "must be supplied",
+                    )
                 )
                 continue
             if strict:
@@ -175,7 +233,8 @@ class DynamicFileTable:
                 _, canonical = canonicalize(arn.lower())
             except ArnError as exc:
                 # Upstream keys such an entry by "", where nothing can find it.
-                warnings.append(f"{path}: {where}.{arn_key}: {exc}; entry never matches")
+                where = f"{at}.{arn_key}"
+                warnings.append((where, f"{path}: {where}: {exc}; entry never matches"))
                 continue
             rows[canonical] = _Row(entry=entry)
         return rows
@@ -199,6 +258,10 @@ class DynamicFileTable:
     def is_account_allowed(self, account_id: str) -> bool:
         """True when the file's `mapAccounts` lists the account."""
         return account_id in self.accounts
+
+    def __len__(self) -> int:
+        """Mappings in the snapshot: roles, users and allowed accounts."""
+        return len(self.roles) + len(self.users) + len(self.accounts)
 
 
 _PLAIN_KEYS = frozenset({"rolearn", "userarn", "username", "groups", "userid", "sso"})

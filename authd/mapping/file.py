@@ -72,3 +72,8 @@ class MountedFileTable:
     def is_account_allowed(self, account_id: str) -> bool:
         """True when `mapAccounts` lists the account (exact text match)."""
         return account_id in self.accounts
+
+    def __len__(self) -> int:
+        """Mappings in the snapshot: roles, SSO patterns, users and allowed accounts."""
+        sso = sum(len(patterns) for patterns in self.sso.values())
+        return len(self.roles) + sso + len(self.users) + len(self.accounts)

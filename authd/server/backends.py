@@ -1,8 +1,8 @@
-"""The configured mapping backends: build them, load and hot-reload the file-based ones, readiness.
+"""The configured mapping backends: build them, load them at start, run their reloaders, readiness.
 
 MountedFile comes from the `--config` file, DynamicFile from `--dynamicfile-path`; both are
-watched (authd/server/reload.py) and swapped atomically while the daemon serves. The rules
-(authd.md section 2, mapping.md section 4):
+watched (authd/server/reload.py) and swapped atomically while the daemon serves, through the
+targets in authd/server/targets.py. The rules (docs/reload.md):
 
 - A version that cannot be read or parsed, has a wrong type, or names an ARN that does not parse
   never replaces the last good snapshot: it is logged with file, line and key, counted, and the
@@ -17,48 +17,26 @@ watched (authd/server/reload.py) and swapped atomically while the daemon serves.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
-from authd.config import FileConfig, MappingConfig, ServerSettings
-from authd.errors import AuthdError, ConfigError
-from authd.mapping import MappingTable
+from authd.config import ServerSettings
 from authd.mapping.chain import Backend, MapperChain
-from authd.mapping.dynamicfile import DynamicFileTable
-from authd.mapping.file import MountedFileTable
 from authd.metrics import Metrics
 from authd.server.reload import (
-    Change,
     DirectoryWatcher,
     FileReloader,
     Timing,
+    load_now,
     open_directory_watcher,
 )
+from authd.server.targets import ConfigTarget, DynamicTarget
 
 log = structlog.get_logger("authd.backends")
 
 IMPLEMENTED = ("MountedFile", "DynamicFile")
-CONFIG_SOURCE = "config"
-DYNAMIC_SOURCE = "DynamicFile"
-
-
-def count_mappings(table: MappingTable) -> int:
-    """Entries in a snapshot: roles (with SSO patterns), users and allowed accounts."""
-    if isinstance(table, MountedFileTable):
-        sso = sum(len(patterns) for patterns in table.sso.values())
-        return len(table.roles) + sso + len(table.users) + len(table.accounts)
-    if isinstance(table, DynamicFileTable):
-        return len(table.roles) + len(table.users) + len(table.accounts)
-    return 0
 
 
 class Backends:
@@ -66,7 +44,6 @@ class Backends:
 
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         self._settings = settings
-        self._metrics = metrics
         mapping = settings.mapping
         self.by_name = {
             name: Backend(name, reserved_prefixes=mapping.reserved_prefixes_for(name))
@@ -86,8 +63,13 @@ class Backends:
         self.chain = MapperChain(
             list(self.by_name.values()), scrubbed_accounts=settings.scrubbed_accounts
         )
-        self.config_target = _ConfigTarget(self)
-        self.dynamic_target = _DynamicTarget(self)
+        self.config_target = ConfigTarget(settings=settings, backends=self.by_name, metrics=metrics)
+        dynamic = self.by_name.get("DynamicFile")
+        self.dynamic_target = (
+            None
+            if dynamic is None
+            else DynamicTarget(settings=settings, backend=dynamic, metrics=metrics)
+        )
         self.reloaders: list[FileReloader[Any]] = []
         self._dynamic_digest: str | None = None
 
@@ -96,50 +78,15 @@ class Backends:
         """The settings the daemon started with."""
         return self._settings
 
-    @property
-    def metrics(self) -> Metrics:
-        """Where reloads are counted."""
-        return self._metrics
-
     def load_all(self) -> None:
-        """Start-up: MountedFile from the settings' mapping; DynamicFile read once if present."""
-        mounted = self.by_name.get("MountedFile")
-        if mounted is not None:
-            sso = self._settings.feature_gates.sso_role_match
-            table = MountedFileTable.from_config(self._settings.mapping, sso_role_match=sso)
-            mounted.publish(table)
-            self._metrics.reload(CONFIG_SOURCE, ok=True)
-            self._metrics.backend_loaded(
-                "MountedFile", mappings=count_mappings(table), at=time.time()
-            )
-        if "DynamicFile" in self.by_name:
-            self._load_dynamicfile_at_start()
+        """Start-up: MountedFile from the settings' mapping; the DynamicFile read once if present.
 
-    def _load_dynamicfile_at_start(self) -> None:
-        """Read the DynamicFile once; missing or broken leaves the backend not ready."""
-        path = self._settings.dynamicfile_path
-        change = Change(path=path, data=None, digest="", event_at=None, trigger="start")
-        try:
-            data = Path(path).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            self._dynamic_digest = ""  # the reloader's first check then finds nothing new
-            self.dynamic_target.missing(change)
-            return
-        except OSError as exc:
-            self.dynamic_target.reject(f"{path}: {exc.strerror or exc}", change)
-            return
-        digest = hashlib.sha256(data).hexdigest()
-        self._dynamic_digest = digest
-        change = Change(path=path, data=data, digest=digest, event_at=None, trigger="start")
-        if not data:
-            self.dynamic_target.reject(f"{path}: file is empty", change)
-            return
-        try:
-            table = self.dynamic_target.parse(data)
-        except AuthdError as exc:
-            self.dynamic_target.reject(str(exc), change)
-            return
-        self.dynamic_target.apply(table, change)
+        The DynamicFile goes through the reloader's own read, hash and parse steps
+        (`load_now`), so its first check after the watch is armed skips this same version.
+        """
+        self.config_target.load_start()
+        if self.dynamic_target is not None:
+            self._dynamic_digest = load_now(self._settings.dynamicfile_path, self.dynamic_target)
 
     async def serve_reloads(
         self,
@@ -164,7 +111,7 @@ class Backends:
             reloaders.append(
                 FileReloader(self._settings.config_path, self.config_target, timing=timing)
             )
-        if "DynamicFile" in self.by_name:
+        if self.dynamic_target is not None:
             reloaders.append(
                 FileReloader(
                     self._settings.dynamicfile_path,
@@ -188,29 +135,6 @@ class Backends:
         lines = [_readiness_line(b) for b in self.by_name.values()]
         return all(b.ready for b in self.by_name.values()), "\n".join(lines) + "\n"
 
-    def rejected(self, backend: Backend | None, source: str, problem: str, data: bytes) -> None:
-        """A version of a source was refused: log where, count it, degrade the backend."""
-        line, key = locate(problem, source=source, data=data)
-        log.error(
-            "reload failed; keeping the last good mapping",
-            backend=backend.name if backend is not None else None,
-            file=self._source_path(source),
-            line=line,
-            key=key,
-            error=problem,
-        )
-        self._metrics.reload(source, ok=False)
-        if backend is not None:
-            backend.mark_not_ready(problem)
-            self._metrics.backend_reload_failed(backend.name)
-            self._metrics.backend_error(backend.name)
-
-    def _source_path(self, source: str) -> str:
-        """The file a source name stands for."""
-        if source == CONFIG_SOURCE:
-            return self._settings.config_path
-        return self._settings.dynamicfile_path
-
 
 def _readiness_line(backend: Backend) -> str:
     """`Name: ok`, `Name: <why not>`, or degraded when a last good snapshot still serves."""
@@ -219,256 +143,3 @@ def _readiness_line(backend: Backend) -> str:
     if backend.table is not None:
         return f"{backend.name}: degraded, serving the last good mapping: {backend.problem}"
     return f"{backend.name}: {backend.problem}"
-
-
-# --------------------------------------------------------------------------------------------
-# The two reload targets.
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConfigVersion:
-    """One parsed version of the `--config` file."""
-
-    file: FileConfig
-    mapping: MappingConfig
-    table: MountedFileTable
-
-
-class _ConfigTarget:
-    """Reload target for `--config`: MountedFile mappings and every backend's reserved prefixes."""
-
-    def __init__(self, owner: Backends) -> None:
-        self._owner = owner
-        self._baseline: dict[str, object] | None = None
-        self._mapping = owner.settings.mapping
-
-    def parse(self, data: bytes) -> ConfigVersion:
-        """Parse and validate (worker thread). Raises ConfigError with file:line: key."""
-        settings = self._owner.settings
-        file = FileConfig.from_bytes(data, path=settings.config_path)
-        mapping = MappingConfig.from_file_config(file)
-        sso = settings.feature_gates.sso_role_match
-        table = MountedFileTable.from_config(mapping, sso_role_match=sso)
-        return ConfigVersion(file=file, mapping=mapping, table=table)
-
-    def apply(self, parsed: ConfigVersion, change: Change) -> None:
-        """Swap MountedFile's table and all reserved prefixes in one step (no checkpoint)."""
-        owner = self._owner
-        baseline = parsed.file.restart_values()
-        if self._baseline is None:
-            self._baseline = baseline
-            mounted = owner.by_name.get("MountedFile")
-            if (
-                change.trigger == "start"
-                and parsed.mapping == self._mapping
-                and (mounted is None or mounted.ready)
-            ):
-                return  # the version the daemon started with
-        else:
-            _warn_restart_only(self._baseline, baseline, change.path)
-        for warning in (*parsed.file.warnings, *parsed.mapping.warnings):
-            log.warning("config warning", file=change.path, warning=warning)
-        mounted = owner.by_name.get("MountedFile")
-        if mounted is not None:
-            mounted.publish(parsed.table)
-        for backend in owner.by_name.values():
-            backend.set_reserved_prefixes(parsed.mapping.reserved_prefixes_for(backend.name))
-        self._mapping = parsed.mapping
-        owner.metrics.reload(CONFIG_SOURCE, ok=True)
-        mappings = count_mappings(parsed.table)
-        if mounted is not None:
-            owner.metrics.backend_loaded(
-                "MountedFile", mappings=mappings, at=time.time(), latency=_latency(change)
-            )
-        log.info(
-            "configuration reloaded",
-            file=change.path,
-            mappings=mappings,
-            trigger=change.trigger,
-            sha256=change.digest[:12],
-        )
-
-    def reject(self, problem: str, change: Change) -> None:
-        """Keep the last good mapping; MountedFile (if configured) reports degraded."""
-        self._owner.rejected(
-            self._owner.by_name.get("MountedFile"), CONFIG_SOURCE, problem, change.data or b""
-        )
-
-    def missing(self, change: Change) -> None:
-        """The config file is gone: keep serving its last good mapping, report degraded."""
-        self._owner.rejected(
-            self._owner.by_name.get("MountedFile"),
-            CONFIG_SOURCE,
-            f"{change.path}: file was deleted; serving the last good mapping until it is back",
-            b"",
-        )
-
-
-def _warn_restart_only(before: dict[str, object], after: dict[str, object], path: str) -> None:
-    """Log each setting that changed in the file but only applies at the next restart."""
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    if changed:
-        log.warning(
-            "config settings changed; they apply at the next restart",
-            file=path,
-            keys=changed,
-        )
-
-
-class _DynamicTarget:
-    """Reload target for the DynamicFile (mapping.md section 4)."""
-
-    def __init__(self, owner: Backends) -> None:
-        self._owner = owner
-        self._loads = 0
-
-    @property
-    def _backend(self) -> Backend:
-        return self._owner.by_name["DynamicFile"]
-
-    def parse(self, data: bytes) -> DynamicFileTable:
-        """Parse (worker thread); an ARN that does not parse rejects the whole version."""
-        settings = self._owner.settings
-        table = DynamicFileTable.from_bytes(
-            data, path=settings.dynamicfile_path, userid_strict=settings.dynamicfile_userid_strict
-        )
-        if table.warnings:
-            # Upstream keeps such an entry where nothing finds it; authd refuses the version
-            # so the typo is seen and the last good mapping keeps serving.
-            raise ConfigError("; ".join(table.warnings))
-        return table
-
-    def apply(self, parsed: DynamicFileTable, change: Change) -> None:
-        """Swap the new table in and record upstream's end-to-end latency."""
-        owner = self._owner
-        self._backend.publish(parsed)
-        self._loads += 1
-        now = time.time()
-        owner.metrics.reload(DYNAMIC_SOURCE, ok=True)
-        owner.metrics.backend_loaded(
-            "DynamicFile", mappings=count_mappings(parsed), at=now, latency=_latency(change)
-        )
-        if self._loads > 1:
-            self._observe_e2e(parsed, now)
-        log.info(
-            "dynamic file reloaded",
-            file=change.path,
-            mappings=count_mappings(parsed),
-            trigger=change.trigger,
-            sha256=change.digest[:12],
-        )
-
-    def _observe_e2e(self, table: DynamicFileTable, now: float) -> None:
-        """Upstream's `dynamic_e2e_latency_seconds`: now minus `LastUpdatedDateTime`."""
-        try:
-            written = int(table.last_updated)
-        except ValueError:
-            log.error("LastUpdatedDateTime is not unix seconds", value=table.last_updated)
-            return
-        if written > now:
-            log.error("LastUpdatedDateTime is in the future", value=table.last_updated)
-            return
-        self._owner.metrics.dynamic_reload_latency("dynamic_file", int(now) - written)
-
-    def reject(self, problem: str, change: Change) -> None:
-        """Keep the last good table; report degraded with the reason."""
-        self._owner.rejected(self._backend, DYNAMIC_SOURCE, problem, change.data or b"")
-
-    def missing(self, change: Change) -> None:
-        """Not there yet: not ready. Deleted: clear the mappings (upstream) and say so."""
-        backend = self._backend
-        if backend.table is None:
-            backend.mark_not_ready(f"{change.path}: file does not exist yet")
-            log.warning("dynamic file does not exist yet", file=change.path)
-            return
-        backend.clear(f"{change.path}: file was deleted; its mappings are cleared")
-        self._owner.metrics.backend_cleared("DynamicFile")
-        log.warning("dynamic file deleted; its mappings are cleared", file=change.path)
-
-    def watch_failed(self, problem: str) -> None:
-        """Upstream's `dynamicfile_failures_total`: the watch could not be set up."""
-        self._owner.metrics.dynamicfile_failure()
-        log.error("dynamic file watch failed", error=problem)
-
-
-def _latency(change: Change) -> float | None:
-    """Seconds since the first file event of this change, if an event led to it."""
-    if change.event_at is None:
-        return None
-    return time.monotonic() - change.event_at
-
-
-# --------------------------------------------------------------------------------------------
-# Where a problem is: file line and key path for the log.
-
-_JSON_KEY = re.compile(r"\b(map(?:roles|users|accounts))(?:\[(\d+)\])?(?:\.(\w+))?", re.IGNORECASE)
-_JSON_LINE = re.compile(r"line (\d+) column \d+")
-_YAML_WHERE = re.compile(r":(\d+)(?:: ([\w.\[\]-]+)(?=:))?")
-
-
-def locate(problem: str, *, source: str, data: bytes) -> tuple[int | None, str | None]:
-    """(line, key path) named by a reload error, finding the line in JSON when needed."""
-    if source == CONFIG_SOURCE:
-        match = _YAML_WHERE.search(problem.rpartition('": ')[2] or problem)
-        if match is None:
-            return None, None
-        return int(match.group(1)), match.group(2)
-    syntax = _JSON_LINE.search(problem)
-    if syntax is not None:
-        return int(syntax.group(1)), None
-    key = _JSON_KEY.search(problem)
-    if key is None:
-        return None, None
-    steps: list[str | int] = [key.group(1)]
-    if key.group(2) is not None:
-        steps.append(int(key.group(2)))
-    if key.group(3) is not None:
-        steps.append(key.group(3))
-    return json_line(data, steps), key.group(0)
-
-
-def json_line(data: bytes, steps: Sequence[str | int]) -> int | None:
-    """The line where the value at `steps` (keys matched case-insensitively) starts, or None."""
-    try:
-        text = data.decode("utf-8")
-        at = _value_at(text, steps)
-    except (ValueError, IndexError):
-        return None
-    return None if at is None else text.count("\n", 0, at) + 1
-
-
-def _value_at(text: str, steps: Sequence[str | int]) -> int | None:
-    """Index in `text` where the value at `steps` starts (a small position-keeping walk)."""
-    decoder = json.JSONDecoder()
-    pos = _skip(text, 0)
-    for step in steps:
-        if isinstance(step, int):
-            if text[pos] != "[":
-                return None
-            pos = _skip(text, pos + 1)
-            for _ in range(step):
-                _, pos = decoder.raw_decode(text, pos)
-                pos = _skip(text, _skip(text, pos) + 1)  # past the comma
-            continue
-        if text[pos] != "{":
-            return None
-        pos = _skip(text, pos + 1)
-        while text[pos] == '"':
-            name, pos = decoder.raw_decode(text, pos)
-            pos = _skip(text, _skip(text, pos) + 1)  # past the colon
-            if str(name).lower() == step.lower():
-                break
-            _, pos = decoder.raw_decode(text, pos)
-            pos = _skip(text, pos)
-            if text[pos] == ",":
-                pos = _skip(text, pos + 1)
-        else:
-            return None
-    return pos
-
-
-def _skip(text: str, pos: int) -> int:
-    """The index of the next non-blank character."""
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 import trio
@@ -48,7 +48,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from authd.errors import AuthdError
+from authd.errors import AuthdError, ConfigError
 
 log = structlog.get_logger("authd.server.reload")
 
@@ -112,7 +112,8 @@ class ReloadTarget(Protocol[T]):
         """Parse and validate one version (worker thread, no shared state touched).
 
         Raises:
-            AuthdError: the content is broken; the message names file, line and key.
+            AuthdError: the content is broken; a ConfigError names file, line and key (in its
+                message and its `path`, `line` and `key` attributes).
         """
         ...
 
@@ -120,8 +121,8 @@ class ReloadTarget(Protocol[T]):
         """Swap the new snapshot in (trio thread, no checkpoint: reviews see old or new)."""
         ...
 
-    def reject(self, problem: str, change: Change) -> None:
-        """Keep the last good snapshot; report `problem` (unreadable or broken content)."""
+    def reject(self, error: ConfigError, change: Change) -> None:
+        """Keep the last good snapshot; report `error` (unreadable or broken content)."""
         ...
 
     def missing(self, change: Change) -> None:
@@ -479,13 +480,8 @@ class FileReloader(Generic[T]):
                 if not grace.cancelled_caught:
                     continue  # the writer went on: settle again
             event_at, sub.first_event_at = sub.first_event_at, None
-            return Change(
-                path=self.path,
-                data=read.data,
-                digest=read.digest if read.error is None else f"error:{read.error}",
-                event_at=event_at,
-                trigger="signal" if self._forced else trigger,
-            )
+            trigger = "signal" if self._forced else trigger
+            return _change(self.path, read, event_at=event_at, trigger=trigger)
 
     async def _judge(self, change: Change) -> None:
         """Skip a no-op, else parse off-thread and apply, reject or report missing."""
@@ -493,30 +489,74 @@ class FileReloader(Generic[T]):
         try:
             if change.digest == self._digest and not forced:
                 return
-            self._digest = change.digest
-            if change.digest.startswith("error:"):
-                self._digest = None  # unreadable: look again next time
-                self._target.reject(change.digest.removeprefix("error:"), change)
-            elif change.data is None:
-                self._target.missing(change)
-            elif not change.data:
-                self._target.reject(f"{self.path}: file is empty", change)
-            else:
-                await self._parse_and_apply(change.data, change)
+            self._digest = _judged_digest(change)
+            data = _triage(self._target, change)
+            if data is not None:
+                outcome = await trio.to_thread.run_sync(_parse, self._target, data, self.path)
+                _deliver(self._target, outcome, change)
         finally:
             self.checks += 1
             self._checked.set()
             self._checked = trio.Event()
 
-    async def _parse_and_apply(self, data: bytes, change: Change) -> None:
-        """Parse in a worker thread; swap in the trio thread, or keep the last good one."""
-        try:
-            parsed = await trio.to_thread.run_sync(self._target.parse, data)
-        except AuthdError as exc:
-            self._target.reject(str(exc), change)
-            return
-        except Exception as exc:  # a parser bug must not take the last good mapping down
-            log.exception("could not load file", path=self.path)
-            self._target.reject(f"{self.path}: could not load: {type(exc).__name__}: {exc}", change)
-            return
-        self._target.apply(parsed, change)
+
+def load_now(path: str, target: ReloadTarget[Any]) -> str | None:
+    """Judge a file once, synchronously, with a reloader's own steps: the start-up load.
+
+    Read, hash, then apply, reject or report missing, exactly as `FileReloader` does.
+
+    Returns:
+        The digest to hand `FileReloader(digest=...)`, so its first check skips this version;
+        None when the file could not be read (the reloader then judges it again).
+    """
+    change = _change(path, read_file(path), event_at=None, trigger="start")
+    data = _triage(target, change)
+    if data is not None:
+        _deliver(target, _parse(target, data, path), change)
+    return _judged_digest(change)
+
+
+def _change(path: str, read: _Read, *, event_at: float | None, trigger: str) -> Change:
+    """The Change one read makes; an unreadable file's digest is `error:<why>`."""
+    digest = read.digest if read.error is None else f"error:{read.error}"
+    return Change(path=path, data=read.data, digest=digest, event_at=event_at, trigger=trigger)
+
+
+def _judged_digest(change: Change) -> str | None:
+    """The digest to remember once `change` is judged (None: unreadable, look again)."""
+    return None if change.digest.startswith("error:") else change.digest
+
+
+def _triage(target: ReloadTarget[Any], change: Change) -> bytes | None:
+    """Reject an unreadable or empty file, report a missing one; else the bytes to parse."""
+    if change.digest.startswith("error:"):
+        target.reject(ConfigError(change.digest.removeprefix("error:"), path=change.path), change)
+        return None
+    if change.data is None:
+        target.missing(change)
+        return None
+    if not change.data:
+        target.reject(ConfigError(f"{change.path}: file is empty", path=change.path), change)
+        return None
+    return change.data
+
+
+def _parse(target: ReloadTarget[T], data: bytes, path: str) -> T | ConfigError:
+    """Parse one version (in a worker thread, or at start); a refusal is returned, not raised."""
+    try:
+        return target.parse(data)
+    except ConfigError as exc:
+        return exc
+    except AuthdError as exc:
+        return ConfigError(str(exc), path=path)
+    except Exception as exc:  # a parser bug must not take the last good mapping down
+        log.exception("could not load file", path=path)
+        return ConfigError(f"{path}: could not load: {type(exc).__name__}: {exc}", path=path)
+
+
+def _deliver(target: ReloadTarget[T], outcome: T | ConfigError, change: Change) -> None:
+    """Swap the parsed version in (trio thread, no checkpoint), or refuse it."""
+    if isinstance(outcome, ConfigError):
+        target.reject(outcome, change)
+    else:
+        target.apply(outcome, change)

@@ -1,0 +1,229 @@
+"""The reloader's two targets: the `--config` file (MountedFile) and the DynamicFile.
+
+Each parses one version of its file off the trio thread, then swaps it in (or refuses it) in
+one step; a refused version is logged with the `path`, `line` and `key` its `ConfigError`
+carries, counted, and leaves the backend degraded on its last good snapshot (docs/reload.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from authd.config import FileConfig, MappingConfig, ServerSettings
+from authd.errors import ConfigError
+from authd.mapping.chain import Backend
+from authd.mapping.dynamicfile import DynamicFileTable
+from authd.mapping.file import MountedFileTable
+from authd.metrics import Metrics
+from authd.server.reload import Change
+
+log = structlog.get_logger("authd.backends")
+
+CONFIG_SOURCE = "config"
+DYNAMIC_SOURCE = "DynamicFile"
+
+
+def report_rejected(
+    metrics: Metrics, backend: Backend | None, *, source: str, path: str, error: ConfigError
+) -> None:
+    """A version of a source was refused: log where, count it, degrade the backend."""
+    log.error(
+        "reload failed; keeping the last good mapping",
+        backend=backend.name if backend is not None else None,
+        file=path,
+        line=error.line,
+        key=error.key,
+        error=str(error),
+    )
+    metrics.reload(source, ok=False)
+    if backend is not None:
+        backend.mark_not_ready(str(error))
+        metrics.backend_reload_failed(backend.name)
+        metrics.backend_error(backend.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigVersion:
+    """One parsed version of the `--config` file."""
+
+    file: FileConfig
+    mapping: MappingConfig
+    table: MountedFileTable
+
+
+class ConfigTarget:
+    """Reload target for `--config`: MountedFile mappings and every backend's reserved prefixes."""
+
+    def __init__(
+        self, *, settings: ServerSettings, backends: Mapping[str, Backend], metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._backends = backends
+        self._metrics = metrics
+        self._baseline: dict[str, object] | None = None
+        self._mapping = settings.mapping
+
+    @property
+    def _mounted(self) -> Backend | None:
+        return self._backends.get("MountedFile")
+
+    def load_start(self) -> None:
+        """Publish the mapping the settings were resolved with (the version read at start)."""
+        mounted = self._mounted
+        if mounted is None:
+            return
+        sso = self._settings.feature_gates.sso_role_match
+        table = MountedFileTable.from_config(self._mapping, sso_role_match=sso)
+        mounted.publish(table)
+        self._metrics.reload(CONFIG_SOURCE, ok=True)
+        self._metrics.backend_loaded("MountedFile", mappings=len(table), at=time.time())
+
+    def parse(self, data: bytes) -> ConfigVersion:
+        """Parse and validate (worker thread). Raises ConfigError with file, line and key."""
+        settings = self._settings
+        file = FileConfig.from_bytes(data, path=settings.config_path)
+        mapping = MappingConfig.from_file_config(file)
+        sso = settings.feature_gates.sso_role_match
+        table = MountedFileTable.from_config(mapping, sso_role_match=sso)
+        return ConfigVersion(file=file, mapping=mapping, table=table)
+
+    def apply(self, parsed: ConfigVersion, change: Change) -> None:
+        """Swap MountedFile's table and all reserved prefixes in one step (no checkpoint)."""
+        baseline = parsed.file.restart_values()
+        if self._baseline is None:
+            self._baseline = baseline
+            mounted = self._mounted
+            if (
+                change.trigger == "start"
+                and parsed.mapping == self._mapping
+                and (mounted is None or mounted.ready)
+            ):
+                return  # the version the daemon started with
+        else:
+            _warn_restart_only(self._baseline, baseline, change.path)
+        for warning in (*parsed.file.warnings, *parsed.mapping.warnings):
+            log.warning("config warning", file=change.path, warning=warning)
+        mounted = self._mounted
+        if mounted is not None:
+            mounted.publish(parsed.table)
+        for backend in self._backends.values():
+            backend.set_reserved_prefixes(parsed.mapping.reserved_prefixes_for(backend.name))
+        self._mapping = parsed.mapping
+        self._metrics.reload(CONFIG_SOURCE, ok=True)
+        if mounted is not None:
+            self._metrics.backend_loaded(
+                "MountedFile", mappings=len(parsed.table), at=time.time(), latency=_latency(change)
+            )
+        log.info(
+            "configuration reloaded",
+            file=change.path,
+            mappings=len(parsed.table),
+            trigger=change.trigger,
+            sha256=change.digest[:12],
+        )
+
+    def reject(self, error: ConfigError, change: Change) -> None:
+        """Keep the last good mapping; MountedFile (if configured) reports degraded."""
+        report_rejected(
+            self._metrics, self._mounted, source=CONFIG_SOURCE, path=change.path, error=error
+        )
+
+    def missing(self, change: Change) -> None:
+        """The config file is gone: keep serving its last good mapping, report degraded."""
+        problem = f"{change.path}: file was deleted; serving the last good mapping until it is back"
+        self.reject(ConfigError(problem, path=change.path), change)
+
+
+def _warn_restart_only(before: dict[str, object], after: dict[str, object], path: str) -> None:
+    """Log each setting that changed in the file but only applies at the next restart."""
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        log.warning(
+            "config settings changed; they apply at the next restart",
+            file=path,
+            keys=changed,
+        )
+
+
+class DynamicTarget:
+    """Reload target for the DynamicFile (docs/reload.md)."""
+
+    def __init__(self, *, settings: ServerSettings, backend: Backend, metrics: Metrics) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._metrics = metrics
+        self._loads = 0
+
+    def parse(self, data: bytes) -> DynamicFileTable:
+        """Parse (worker thread); an ARN that does not parse rejects the whole version."""
+        settings = self._settings
+        return DynamicFileTable.from_bytes(
+            data,
+            path=settings.dynamicfile_path,
+            userid_strict=settings.dynamicfile_userid_strict,
+            refuse_bad_arns=True,
+        )
+
+    def apply(self, parsed: DynamicFileTable, change: Change) -> None:
+        """Swap the new table in and record upstream's end-to-end latency."""
+        self._backend.publish(parsed)
+        self._loads += 1
+        now = time.time()
+        self._metrics.reload(DYNAMIC_SOURCE, ok=True)
+        self._metrics.backend_loaded(
+            "DynamicFile", mappings=len(parsed), at=now, latency=_latency(change)
+        )
+        if self._loads > 1:
+            self._observe_e2e(parsed, now)
+        log.info(
+            "dynamic file reloaded",
+            file=change.path,
+            mappings=len(parsed),
+            trigger=change.trigger,
+            sha256=change.digest[:12],
+        )
+
+    def _observe_e2e(self, table: DynamicFileTable, now: float) -> None:
+        """Upstream's `dynamic_e2e_latency_seconds`: now minus `LastUpdatedDateTime`."""
+        try:
+            written = int(table.last_updated)
+        except ValueError:
+            log.error("LastUpdatedDateTime is not unix seconds", value=table.last_updated)
+            return
+        if written > now:
+            log.error("LastUpdatedDateTime is in the future", value=table.last_updated)
+            return
+        self._metrics.dynamic_reload_latency("dynamic_file", int(now) - written)
+
+    def reject(self, error: ConfigError, change: Change) -> None:
+        """Keep the last good table; report degraded with the reason."""
+        report_rejected(
+            self._metrics, self._backend, source=DYNAMIC_SOURCE, path=change.path, error=error
+        )
+
+    def missing(self, change: Change) -> None:
+        """Not there yet: not ready. Deleted: clear the mappings (upstream) and say so."""
+        backend = self._backend
+        if backend.table is None:
+            backend.mark_not_ready(f"{change.path}: file does not exist yet")
+            log.warning("dynamic file does not exist yet", file=change.path)
+            return
+        backend.clear(f"{change.path}: file was deleted; its mappings are cleared")
+        self._metrics.backend_cleared("DynamicFile")
+        log.warning("dynamic file deleted; its mappings are cleared", file=change.path)
+
+    def watch_failed(self, problem: str) -> None:
+        """Upstream's `dynamicfile_failures_total`: the watch could not be set up."""
+        self._metrics.dynamicfile_failure()
+        log.error("dynamic file watch failed", error=problem)
+
+
+def _latency(change: Change) -> float | None:
+    """Seconds since the first file event of this change, if an event led to it."""
+    if change.event_at is None:
+        return None
+    return time.monotonic() - change.event_at
