@@ -28,6 +28,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from authd import jsoncodec
 from authd.errors import ConfigError
+from authd.names import LOG_FORMATS
 from authd.token import PREFIX as TOKEN_PREFIX
 
 __all__ = [
@@ -61,7 +62,7 @@ LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,
     "trace": logging.DEBUG,
 }
-FORMATS = ("json", "text")
+FORMATS = LOG_FORMATS
 # Libraries that log request details at DEBUG; they speak only at `trace`.
 _CHATTY_LIBRARIES = ("botocore", "urllib3", "httpx", "httpcore", "hpack", "watchdog", "asyncio")
 

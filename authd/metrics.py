@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from authd.names import BACKEND_MODES
 from authd.outcomes import BY_REASON
 
 __all__ = [
@@ -48,7 +49,7 @@ REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 # A file change is applied in tens of milliseconds; seconds mean a large file or a slow disk.
 RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-BACKENDS = ("MountedFile", "DynamicFile", "EKSConfigMap", "CRD")
+BACKENDS = BACKEND_MODES
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
 

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+from authd.names import LOG_LEVELS, LOG_VERBOSITY_ENV
+
 
 def global_flags() -> argparse.ArgumentParser:
     """Upstream's persistent flags; defaults are None so precedence can be resolved later."""
@@ -24,8 +26,7 @@ def global_flags() -> argparse.ArgumentParser:
         "-v",
         "--log-verbosity",
         default=None,
-        help="panic, fatal, error, warning, info, debug or trace "
-        "(env AWS_IAM_AUTHENTICATOR_LOG_VERBOSITY)",
+        help=f"{', '.join(LOG_LEVELS)} (env {LOG_VERBOSITY_ENV})",
     )
     p.add_argument("--feature-gates", default=None, help="comma-separated Gate=true|false")
     return p

@@ -7,7 +7,7 @@
 - `MappingConfig` (`mappings`): the MountedFile mappings, validated with upstream's texts.
 - `ServerSettings` (`settings`): every `server`/`init` setting with upstream's precedence.
 - `ClientFileSettings` (`client`): the `token` command's keys of the same file.
-- `FeatureGates` (`gates`), and upstream's names for backend modes and log levels (`names`).
+- `FeatureGates` (`gates`), and upstream's names for backend modes and log levels (`authd.names`).
 
 Upstream spellings (`mapRoles`, `rolearn`, `roleARN`) appear only in this package.
 Warnings are returned on the values (`.warnings`), never printed here.
@@ -20,7 +20,8 @@ from authd.config.file import RELOADABLE_SERVER_KEYS, FileConfig
 from authd.config.gates import FeatureGates
 from authd.config.located import parse_duration
 from authd.config.mappings import MappingConfig, RoleMapping, SSOSpec, UserMapping
-from authd.config.names import (
+from authd.config.settings import ServerSettings
+from authd.names import (
     BACKEND_MODES,
     CLUSTER_ID_ENV,
     DEPRECATED_BACKEND_MODES,
@@ -28,7 +29,6 @@ from authd.config.names import (
     LOG_LEVELS,
     LOG_VERBOSITY_ENV,
 )
-from authd.config.settings import ServerSettings
 
 __all__ = [
     "BACKEND_MODES",

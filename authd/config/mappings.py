@@ -23,9 +23,9 @@ from authd.config.located import (
     items,
     section,
 )
-from authd.config.names import BACKEND_MODES, DEPRECATED_BACKEND_MODES
 from authd.errors import ArnError, ConfigError
 from authd.gotext import go_quote
+from authd.names import BACKEND_MODES, DEPRECATED_BACKEND_MODES
 
 _PERMISSION_SET_NAME = re.compile(r"[\w+=,.@-]{1,32}\Z", re.ASCII)
 _SSO_KEYS = ("permissionSetName", "accountID", "partition")

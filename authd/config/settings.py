@@ -28,7 +28,9 @@ from authd.config.located import (
     wrap,
 )
 from authd.config.mappings import MappingConfig
-from authd.config.names import (
+from authd.errors import ArnError, ConfigError
+from authd.gotext import aggregate_message, go_quote
+from authd.names import (
     BACKEND_MODES,
     CLUSTER_ID_ENV,
     DEPRECATED_BACKEND_MODES,
@@ -37,8 +39,6 @@ from authd.config.names import (
     LOG_LEVELS,
     LOG_VERBOSITY_ENV,
 )
-from authd.errors import ArnError, ConfigError
-from authd.gotext import aggregate_message, go_quote
 from authd.token import sts_origin
 
 

@@ -1,6 +1,6 @@
 """Upstream's names for config values: backend modes, log levels and formats, env variables.
 
-The one list of each; settings validation, the mapping schema and the CLI read them here.
+The one list of each (pure core, no imports): config, metrics, logs and the CLI read them here.
 """
 
 from __future__ import annotations
