@@ -8,12 +8,12 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from authd import token as tokens
+from authd.client.options import TokenOptions
 from authd.client.presign import (
     USER_AGENT,
     AwsCredentials,
     AwsSettings,
     Endpoint,
-    TokenOptions,
     get_token,
     load_settings,
     make_token,

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from authd.client.options import TokenOptions
 from authd.client.tokencache import TokenCache, TokenKey
 from tests.conftest import RunAuthd
 from tests.fakes.moto import IamRole, IamUser, MotoAws, caller_identity
@@ -172,15 +173,8 @@ def test_aws_config_change_invalidates(
 
 def key(cluster: str = CLUSTER) -> TokenKey:
     """A key with a given cluster."""
-    return TokenKey.build(
-        cluster_id=cluster,
-        role_arn="",
-        external_id="",
-        session_name="",
-        forward_session_name=False,
-        region="",
-        env={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
-    )
+    options = TokenOptions(cluster_id=cluster)
+    return TokenKey.build(options, env={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"})
 
 
 def test_expiry_boundary(tmp_path: Path) -> None:

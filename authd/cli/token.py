@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from authd.cli.common import pick
+from authd.client.options import TokenOptions
 from authd.client.tokencache import (
     TokenCache,
     TokenKey,
@@ -30,7 +31,6 @@ from authd.errors import ClientError, ConfigError
 from authd.gotext import parse_bool
 
 if TYPE_CHECKING:
-    from authd.client.presign import TokenOptions
     from authd.config.client import ClientFileSettings
 
 MFA_PROMPT = "Assume Role MFA token code: "
@@ -69,27 +69,9 @@ def _flag_bool(text: str) -> bool:
 class TokenSettings:
     """`token`'s settings after flag > env > config file > default."""
 
-    cluster_id: str
-    role_arn: str = ""
-    external_id: str = ""
-    session_name: str = ""
-    forward_session_name: bool = False
-    region: str = ""
+    options: TokenOptions
     token_only: bool = False
     cache: bool = False
-
-    def options(self) -> TokenOptions:
-        """What `authd.client.presign` needs to sign (imports botocore's side lazily)."""
-        from authd.client.presign import TokenOptions  # not on the cache-hit path
-
-        return TokenOptions(
-            cluster_id=self.cluster_id,
-            role_arn=self.role_arn,
-            external_id=self.external_id,
-            session_name=self.session_name,
-            forward_session_name=self.forward_session_name,
-            region=self.region,
-        )
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -103,8 +85,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     api_version, warning = api_version_from_exec_info(env.get("KUBERNETES_EXEC_INFO"))
     if warning:
         _warn(warning)
-    if settings.role_arn:
-        check_role_arn(settings.role_arn)
+    if settings.options.role_arn:
+        check_role_arn(settings.options.role_arn)
     token, expiration = _cached_or_fresh(settings, env)
     if settings.token_only:
         print(token)
@@ -131,17 +113,9 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
     if not settings.cache:
         from authd.client import presign  # see the module docstring
 
-        fresh = presign.get_token(settings.options(), env=env, prompt=_mfa_prompt)
+        fresh = presign.get_token(settings.options, env=env, prompt=_mfa_prompt)
         return fresh.token, fresh.expiration
-    key = TokenKey.build(
-        cluster_id=settings.cluster_id,
-        role_arn=settings.role_arn,
-        external_id=settings.external_id,
-        session_name=settings.session_name,
-        forward_session_name=settings.forward_session_name,
-        region=settings.region,
-        env=env,
-    )
+    key = TokenKey.build(settings.options, env=env)
     cache = TokenCache(
         directory=default_directory(env),
         watched=(aws_config_file(env), aws_credentials_file(env)),
@@ -153,7 +127,7 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
 
     credential_cache = _credential_cache(settings, env)
     fresh = presign.get_token(
-        settings.options(), env=env, credential_cache=credential_cache, prompt=_mfa_prompt
+        settings.options, env=env, credential_cache=credential_cache, prompt=_mfa_prompt
     )
     cache.store(
         key,
@@ -172,9 +146,9 @@ def _credential_cache(settings: TokenSettings, env: Mapping[str, str]) -> Any:
     try:
         return credcache.CredentialCache.open(
             credcache.default_path(env),
-            cluster_id=settings.cluster_id,
+            cluster_id=settings.options.cluster_id,
             profile=credcache.cache_profile(env),
-            role_arn=settings.role_arn,
+            role_arn=settings.options.role_arn,
         )
     except (ClientError, OSError) as exc:
         _warn(f"unable to use cache: {exc}")
@@ -262,13 +236,16 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> TokenS
     forward = _setting_bool(args.forward_session_name, file.forward_session_name if file else None)
     if forward and session_name:
         raise ConfigError("cannot specify both --forward-session-name and --session-name parameter")
-    return TokenSettings(
+    options = TokenOptions(
         cluster_id=cluster_id,
         role_arn=str(pick(args.role, env, "DEFAULT_ROLE", file.role if file else None, "")),
         external_id=str(pick(args.external_id, {}, None, file.external_id if file else None, "")),
         session_name=session_name,
         forward_session_name=forward,
         region=str(pick(args.region, {}, None, file.region if file else None, "")),
+    )
+    return TokenSettings(
+        options=options,
         token_only=_setting_bool(args.token_only, file.token_only if file else None),
         cache=_setting_bool(args.cache, file.cache if file else None),
     )

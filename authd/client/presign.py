@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from authd import __version__
+from authd.client.options import TokenOptions
 from authd.client.tokencache import aws_config_file
 from authd.errors import ClientError, CredentialError
 from authd.token import CLUSTER_ID_HEADER
@@ -33,18 +34,6 @@ USER_AGENT = f"aws-iam-authenticator/{__version__}"
 
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 _REGION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenOptions:
-    """What to sign for: the `token` command's settings after flag/env/config precedence."""
-
-    cluster_id: str
-    role_arn: str = ""
-    external_id: str = ""
-    session_name: str = ""
-    forward_session_name: bool = False
-    region: str = ""  # empty: resolve as token.md B4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

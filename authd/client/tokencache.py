@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from authd.client.options import TokenOptions
 from authd.token import PREFIX
 
 FORMAT = "authd-token-cache/v1"
@@ -61,35 +62,15 @@ Warn = Callable[[str], None]
 class TokenKey:
     """Everything that decides which token `authd token` would make."""
 
-    cluster_id: str
-    role_arn: str = ""
-    external_id: str = ""
-    session_name: str = ""
-    forward_session_name: bool = False
-    region: str = ""
+    options: TokenOptions
     profile: str = "default"
     environment: tuple[tuple[str, str], ...] = field(default=())
 
     @classmethod
-    def build(
-        cls,
-        *,
-        cluster_id: str,
-        role_arn: str,
-        external_id: str,
-        session_name: str,
-        forward_session_name: bool,
-        region: str,
-        env: Mapping[str, str],
-    ) -> TokenKey:
-        """The key for these settings; `env` supplies the profile and the AWS variables."""
+    def build(cls, options: TokenOptions, *, env: Mapping[str, str]) -> TokenKey:
+        """The key for these options; `env` supplies the profile and the AWS variables."""
         return cls(
-            cluster_id=cluster_id,
-            role_arn=role_arn,
-            external_id=external_id,
-            session_name=session_name,
-            forward_session_name=forward_session_name,
-            region=region,
+            options=options,
             profile=env.get("AWS_PROFILE") or "default",
             environment=tuple((name, env[name]) for name in KEY_ENV if env.get(name)),
         )
@@ -97,12 +78,12 @@ class TokenKey:
     def as_json(self) -> dict[str, object]:
         """The key as stored in the file (and hashed for its name)."""
         return {
-            "clusterID": self.cluster_id,
-            "roleARN": self.role_arn,
-            "externalID": self.external_id,
-            "sessionName": self.session_name,
-            "forwardSessionName": self.forward_session_name,
-            "region": self.region,
+            "clusterID": self.options.cluster_id,
+            "roleARN": self.options.role_arn,
+            "externalID": self.options.external_id,
+            "sessionName": self.options.session_name,
+            "forwardSessionName": self.options.forward_session_name,
+            "region": self.options.region,
             "profile": self.profile,
             "environment": dict(self.environment),
         }
