@@ -55,7 +55,7 @@ async def run_server(
     region: str,
     proxies: Proxies,
     limits: Limits | None = None,
-    sts_transport: str = "httpx",
+    sts_transport: str = "h11",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the webhook until SIGTERM/SIGINT; `task_status` receives the bound address.
@@ -65,7 +65,7 @@ async def run_server(
         region: the server's AWS region (EC2 calls, the STS endpoint policy).
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
         limits: the listener's connection limits; defaults when None.
-        sts_transport: the STS client's transport, "httpx" or "h11"; only the server
+        sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
             benchmark's A/B run sets it.
 
     Raises:

@@ -57,6 +57,8 @@ class StsClient:
     def __init__(self, http: httpx.AsyncClient) -> None:
         """Use `http` for every call; the caller owns and closes it (its timeouts apply)."""
         self._http = http
+        self._headers = {**http.headers, "accept": "application/json"}
+        self._extensions = {"timeout": http.timeout.as_dict()}
 
     async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
         """Send the presigned GET with this server's cluster ID and return who signed it.
@@ -79,8 +81,10 @@ class StsClient:
 
     async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
         """One GET, never following redirects; returns status, body and content type."""
-        headers = {CLUSTER_ID_HEADER: cluster_id, "accept": "application/json"}
-        outgoing = self._http.build_request("GET", request.url, headers=headers)
+        headers = {**self._headers, CLUSTER_ID_HEADER: cluster_id}
+        # httpx.Request, not client.build_request: the client has no base URL, cookies or
+        # params to merge, and merging would parse the long presigned URL a second time.
+        outgoing = httpx.Request("GET", request.url, headers=headers, extensions=self._extensions)
         try:
             response = await self._http.send(outgoing, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
@@ -101,7 +105,7 @@ async def open_sts_client(
     proxies: Proxies,
     ssl_context: ssl.SSLContext | None = None,
     max_connections: int = MAX_CONNECTIONS,
-    transport: str = "httpx",
+    transport: str = "h11",
 ) -> AsyncIterator[StsClient]:
     """The StsClient the server and `authd verify` use; its connections close with the block.
 
@@ -116,8 +120,9 @@ async def open_sts_client(
         ssl_context: verifies STS (through a proxy's tunnel too); the system's trust store
             (`ssl.create_default_context()`, which honours SSL_CERT_FILE) when None, as Go's.
         max_connections: connections to STS open at once, kept alive as long as idle.
-        transport: "httpx" (httpx's own pool) or "h11" (authd's H11Transport); the
-            benchmark's A/B switch, not a setting.
+        transport: "h11" (authd's H11Transport, 1.6x the reviews/s of httpx's own pool in
+            docs/BENCHMARKS.md) or "httpx" (`httpx.AsyncHTTPTransport`); the latter only for
+            the server benchmark's A/B, not a setting.
     """
     context = ssl_context or ssl.create_default_context()
     direct = _direct_transport(transport, context, max_connections)
