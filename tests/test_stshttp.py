@@ -21,7 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from authd.errors import StsUnavailableError
-from authd.server.sts.client import MAX_BODY_BYTES, StsClient
+from authd.server.proxies import Proxies
+from authd.server.sts.client import MAX_BODY_BYTES, StsClient, open_sts_client
 from authd.server.sts.transport import H11Transport
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
 from tests.fakes.apiserver import serving_cert
@@ -632,3 +633,26 @@ async def test_sts_client_classifies_redirect_timeout_and_cut_body() -> None:
         with trio.fail_after(5), pytest.raises(StsUnavailableError, match="error during GET"):
             await sts.get_caller_identity(request, cluster_id="c1")
         assert len(server.requests) == 3
+
+
+async def test_sts_client_carries_no_cookie_from_one_call_to_the_next() -> None:
+    """A cookie STS sets on one user's call is not sent with the next one through the daemon's
+    client (`open_sts_client`), as upstream's Go client, which has no cookie jar, sends none."""
+    identity = (
+        b'{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Arn":'
+        b'"arn:aws:iam::123456789012:user/Alice","Account":"123456789012","UserId":"AIDA1"}}}'
+    )
+
+    async def cookie_setter(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(ok(identity, extra=b"set-cookie: session=from-sts; Path=/\r\n"))
+
+    async with (
+        serving(cookie_setter) as server,
+        open_sts_client(step_timeout=5, proxies=Proxies()) as sts,
+    ):
+        for _ in range(2):
+            found = await sts.get_caller_identity(_presigned_for(server.url), cluster_id="c1")
+            assert found.user_id == "AIDA1"
+        assert len(server.requests) == 2 and server.connections == 1
+        assert all(name != b"cookie" for name, _ in server.requests[1].headers)
