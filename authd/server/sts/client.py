@@ -37,7 +37,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_BODY_TEXT = 1024
 """How much of an error body goes into the error message."""
 MAX_CONNECTIONS = 100
-"""Connections to STS at once: more than the reviews that wait on STS together in practice."""
+"""Connections open to STS at once (direct, and per proxy); beyond that a call waits."""
 KEEPALIVE_EXPIRY = 5.0
 """Seconds an idle connection is kept for reuse (httpx's default)."""
 
