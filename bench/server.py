@@ -46,9 +46,9 @@ THREADS = 2
 CONNECTIONS = 16
 WARMUP_S = 3
 MEASURE_S = 12
-ROUNDS = 3
+ROUNDS = 4
 RSS_REVIEWS = 100_000
-TARGET = 0.7
+TARGET = 1.0
 STS_QPS = 1_000_000
 BIN = Path(sys.executable).parent
 LUA = Path(__file__).resolve().parent / "wrk" / "review.lua"
@@ -249,18 +249,20 @@ def answers_http(port: int) -> bool:
 
 
 def start_authd(
-    stack: contextlib.ExitStack, work: Path, *, sts_port: int
+    stack: contextlib.ExitStack, work: Path, *, sts_port: int, transport: str = "h11"
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The real daemon: its process, port, and the certificate it serves (the yardsticks' too).
 
     `.venv/bin/authd` is a console script the kernel execs with Python, so the process is the
-    daemon itself and its pid is the one to read CPU time and VmRSS from.
+    daemon itself and its pid is the one to read CPU time and VmRSS from. `transport` is the
+    STS client's transport for the A/B (the daemon's internal AUTHD_BENCH_STS_TRANSPORT); a
+    second daemon shares the first one's config, state dir and so certificate.
     """
     port = free_port()
     # The daemon watches the directory holding its config; keep its own log and the token
     # files out of it, or every log line would wake the watcher.
     config = work / "config" / "config.yaml"
-    config.parent.mkdir()
+    config.parent.mkdir(exist_ok=True)
     config.write_text(CONFIG)
     argv = [
         str(BIN / "authd"),
@@ -284,7 +286,8 @@ def start_authd(
     ]
     # A set region keeps the daemon away from instance metadata.
     env = {**os.environ, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    log = work / "authd.log"
+    env["AUTHD_BENCH_STS_TRANSPORT"] = transport
+    log = work / f"authd-{transport}.log"
     process = spawn(stack, argv, log=log, env=env)
     wait_until(
         lambda: '"event":"listening"' in log.read_text(errors="replace"),
@@ -463,22 +466,28 @@ class Run:
         # Other work on a 2-core machine moves the figures; the section says how busy it was.
         self.load_before = os.getloadavg()[0]
         nginx_process, sts_port = start_nginx(stack, nginx, work)
-        self.authd, self.authd_port, self.cert = start_authd(stack, work, sts_port=sts_port)
-        self.context = ssl.create_default_context(cafile=str(self.cert))
         self.tokens = Tokens(sts_port=sts_port)
-        self.rss_start = rss_mib(self.authd.pid)
-        self.check_authd()
         # nginx forks its one worker; that worker's CPU is what the STS stand-in costs.
         workers = children(nginx_process.pid)
-        self.targets = [
-            Target(
-                label=AUTHD,
-                process=self.authd,
-                port=self.authd_port,
-                wrk_args=self.fresh_tokens,
-                helper_pid=workers[0] if workers else None,
+        self.targets: list[Target] = []
+        for transport, label in AUTHDS.items():
+            process, port, self.cert = start_authd(
+                stack, work, sts_port=sts_port, transport=transport
             )
-        ]
+            self.context = ssl.create_default_context(cafile=str(self.cert))
+            self.check_authd(port)
+            self.targets.append(
+                Target(
+                    label=label,
+                    process=process,
+                    port=port,
+                    wrk_args=self.fresh_tokens,
+                    helper_pid=workers[0] if workers else None,
+                )
+            )
+        # The first daemon runs the shipped transport: its RSS and counts are the ones reported.
+        self.authd, self.authd_port = self.targets[0].process, self.targets[0].port
+        self.rss_start = rss_mib(self.authd.pid)
         constant = self.tokens.one(datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
         for name, label in YARDSTICKS.items():
             process, port = start_yardstick(stack, name, work, cert=self.cert)
@@ -493,10 +502,10 @@ class Run:
             )
         self.samples: dict[str, list[Sample]] = {t.label: [] for t in self.targets}
 
-    def check_authd(self) -> None:
+    def check_authd(self, port: int) -> None:
         """One review by hand: a fresh token must be allowed as the bench user."""
         token = self.tokens.one(datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
-        status, answer = post_review(self.authd_port, self.context, token)
+        status, answer = post_review(port, self.context, token)
         user = answer.get("status", {}).get("user", {}) if isinstance(answer, dict) else {}
         if status != 200 or user.get("username") != "bench":
             raise BenchError(f"authd did not allow the bench token: {status} {answer}")
@@ -509,7 +518,8 @@ class Run:
 
     def fresh_tokens(self, seconds: int) -> list[str]:
         """Write new token files for one authd window, sized at twice the best rate so far."""
-        rate = max((s.wrk.rate for s in self.samples.get(AUTHD, [])), default=3000.0)
+        rates = [s.wrk.rate for label in AUTHDS.values() for s in self.samples.get(label, [])]
+        rate = max(rates, default=3000.0)
         per_thread = math.ceil(rate * 2 * seconds / THREADS) + 500
         prefix = self.work / "tokens"
         self.tokens.write(prefix, per_thread=per_thread)
@@ -555,7 +565,12 @@ class Run:
         return decisions(self.authd_port, self.context), rss_mib(self.authd.pid)
 
 
-AUTHD = "authd (a new token every review)"
+AUTHDS = {
+    "h11": "authd, H11Transport (a new token every review)",
+    "httpx": "authd, httpx's transport (a new token every review)",
+}
+"""The daemons measured, by STS transport; the first is the shipped one."""
+AUTHD = next(iter(AUTHDS.values()))
 YARDSTICKS = {
     "hypercorn": "yardstick: bare ASGI on hypercorn (trio worker)",
     "h11": "yardstick: bare handler on trio + h11 (SSLStream)",
@@ -606,10 +621,38 @@ def median_sample(samples: list[Sample]) -> Sample:
     return ordered[len(ordered) // 2]
 
 
-def round_ratios(bench: Run, yardstick: str) -> list[float]:
-    """authd's rate over `yardstick`'s in each round; a round's servers saw the same noise."""
-    pairs = zip(bench.samples[AUTHD], bench.samples[yardstick], strict=True)
+def round_ratios(bench: Run, yardstick: str, *, authd: str = AUTHD) -> list[float]:
+    """`authd`'s rate over `yardstick`'s in each round; a round's servers saw the same noise."""
+    pairs = zip(bench.samples[authd], bench.samples[yardstick], strict=True)
     return [a.wrk.rate / y.wrk.rate for a, y in pairs]
+
+
+def spread(samples: list[Sample]) -> float:
+    """Round-to-round spread of one server's rate: (highest - lowest) / median."""
+    rates = [s.wrk.rate for s in samples]
+    return (max(rates) - min(rates)) / statistics.median(rates)
+
+
+def ab_lines(bench: Run) -> list[str]:
+    """The STS transport A/B: the shipped daemon over each other one, round by round."""
+    lines: list[str] = []
+    for other in list(AUTHDS.values())[1:]:
+        ratios = round_ratios(bench, other)
+        gap = statistics.median(ratios) - 1
+        noise = max(spread(bench.samples[AUTHD]), spread(bench.samples[other]))
+        within = "within" if abs(gap) <= noise else "beyond"
+        lines.append(
+            f"- A/B, {AUTHD.split(' (')[0]} / {other.split(' (')[0]}: **{gap + 1:.2f}x** "
+            f"(rounds: {ratio_text(ratios)}); the gap ({gap:+.1%}) is {within} the "
+            f"round-to-round spread ({noise:.1%}, the larger of the two daemons').",
+        )
+    for other in list(AUTHDS.values())[1:]:
+        hyper_rounds = round_ratios(bench, YARDSTICKS["hypercorn"], authd=other)
+        lines.append(
+            f"- {other.split(' (')[0]} / hypercorn yardstick: "
+            f"{statistics.median(hyper_rounds):.2f}x (rounds: {ratio_text(hyper_rounds)})."
+        )
+    return lines
 
 
 def ratio_text(ratios: list[float]) -> str:
@@ -631,7 +674,9 @@ def render(bench: Run, *, counts: dict[str, float], rss: float, versions: str) -
         f"/authenticate; per server and round a {WARMUP_S} s warm-up then {MEASURE_S} s measured; "
         f"{ROUNDS} rounds interleaved, the median round shown. Not pinned: wrk, the server "
         "and (for authd) nginx share the machine's cores, as they would on a small node.",
-        "- authd: the real daemon process (`authd server`, MountedFile mapping, default logging: "
+        f"- authd: {len(AUTHDS)} daemons, one per STS transport (the internal "
+        "AUTHD_BENCH_STS_TRANSPORT; the first is the shipped one, and RSS is its), each "
+        "the real daemon process (`authd server`, MountedFile mapping, default logging: "
         f"one JSON line per review, `--sts-qps {STS_QPS} --sts-burst {STS_QPS}` so STS rate "
         "limiting is not what is measured), every review a token never sent before (distinct "
         "signature, fresh X-Amz-Date), verified and sent to the STS stand-in: nginx on "
@@ -676,5 +721,6 @@ def render(bench: Run, *, counts: dict[str, float], rss: float, versions: str) -
         "per token is at its fullest). Every review was allowed "
         f"(`authd_reviews_total`); {bench.tokens.written:,} distinct tokens were written, "
         "none sent twice.",
+        *ab_lines(bench),
     ]
     return "\n".join(lines) + "\n"

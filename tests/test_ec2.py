@@ -337,3 +337,21 @@ async def test_lookups_queued_behind_the_rate_limit_share_the_next_batch(
             await trio.sleep(0.005)  # one node every 5 ms: the arrival pattern under test
     assert sum(len(b) for b in recorder.batches) == 120
     assert len(recorder.batches) <= 6
+
+
+# --- the server's region ----------------------------------------------------------------------
+
+
+def test_server_region_comes_from_instance_metadata(sts_front: StsFront) -> None:
+    """With no region in the environment the server asks IMDS (moto's, IMDSv2: token first),
+    through the same reader as `authd token`; a configured region asks nothing."""
+    from authd.server.region import resolve_region
+
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": sts_front.url + "/"}
+    before = len(sts_front.seen)
+    assert resolve_region(env, default="") == "us-east-1"
+    paths = [seen.path for seen in sts_front.seen[before:]]
+    assert paths[:2] == ["/latest/api/token", "/latest/meta-data/placement/region"]
+    assert resolve_region({**env, "AWS_REGION": "eu-west-3"}) == "eu-west-3"
+    assert resolve_region({**env, "AWS_EC2_METADATA_DISABLED": "true"}, default="x") == "x"
+    assert len(sts_front.seen) == before + 2

@@ -21,7 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from authd.errors import StsUnavailableError
-from authd.server.sts.client import MAX_BODY_BYTES, StsClient
+from authd.server.proxies import Proxies
+from authd.server.sts.client import MAX_BODY_BYTES, StsClient, open_sts_client
 from authd.server.sts.transport import H11Transport
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
 from tests.fakes.apiserver import serving_cert
@@ -577,12 +578,11 @@ def _presigned_for(origin: str) -> PresignedRequest:
     return verify(encode(url), now=now, policy=policy)
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["httpx", "direct"])
 async def test_sts_client_over_h11_transport_against_moto(
-    sts_front: StsFront, iam_user: IamUser, direct: bool
+    sts_front: StsFront, iam_user: IamUser
 ) -> None:
     """A real presigned token, checked by the STS front and answered by moto, yields the
-    IAM user's identity through StsClient over H11Transport (via httpx or direct), twice."""
+    IAM user's identity through StsClient over H11Transport, twice on one connection."""
     credentials = Credentials(iam_user.access_key_id, iam_user.secret_access_key)
     policy = EndpointPolicy.create(partition="aws", extra_origins=[sts_front.url])
     transport = H11Transport()
@@ -595,56 +595,15 @@ async def test_sts_client_over_h11_transport_against_moto(
             )
             SigV4QueryAuth(credentials, "sts", "us-east-1", expires=60).add_auth(presigned)
             request = verify(encode(str(presigned.url)), now=datetime.now(UTC), policy=policy)
-            sts = StsClient(http, direct=transport if direct else None)
-            identity = await sts.get_caller_identity(request, cluster_id="cluster-1")
+            identity = await StsClient(http).get_caller_identity(request, cluster_id="cluster-1")
             assert identity.arn == iam_user.arn
             assert identity.access_key_id == iam_user.access_key_id
+        assert transport.open_connections == 1 and transport.idle_connections == 1
 
 
-# --- the direct GET (the daemon's hot path) ---------------------------------------------------
-
-
-async def test_direct_get_reuses_the_connection_and_sends_the_headers() -> None:
-    """`get()` sends host and the given headers, returns status, type and body, and pools."""
-    transport = H11Transport()
-    async with serving(answer_all) as server, client(transport):
-        for _ in range(3):
-            answer = await transport.get(
-                f"{server.url}/?Action=GetCallerIdentity",
-                [("x-k8s-aws-id", "c1")],
-                timeouts={"connect": 5, "read": 5, "write": 5, "pool": 5},
-                max_body=MAX_BODY_BYTES,
-            )
-            assert (answer.status, answer.content_type, answer.body) == (
-                200,
-                "application/json",
-                IDENTITY,
-            )
-        assert server.connections == 1
-        assert server.requests[0].target == b"/?Action=GetCallerIdentity"
-        assert (b"x-k8s-aws-id", b"c1") in server.requests[0].headers
-        assert transport.idle_connections == 1
-
-
-async def test_direct_sts_client_refuses_an_oversized_body_and_drops_the_connection() -> None:
-    """Through the direct path an answer past MAX_BODY_BYTES is an unavailable STS, and the
-    connection with unread bytes is closed, not pooled."""
-
-    async def huge(peer: Peer) -> None:
-        while await peer.request() is not None:
-            await peer.send(ok(b" " * (MAX_BODY_BYTES * 4)))
-
-    transport = H11Transport()
-    async with serving(huge) as server, client(transport) as http:
-        sts = StsClient(http, direct=transport)
-        with pytest.raises(StsUnavailableError, match="error reading HTTP result: body larger"):
-            await sts.get_caller_identity(_presigned_for(server.url), cluster_id="c1")
-        assert transport.open_connections == 0
-
-
-async def test_direct_sts_client_classifies_redirect_timeout_and_cut_body() -> None:
-    """Direct GETs give the same errors as httpx ones: a 302 is unavailable (not followed), a
-    silent server a GET error, a body cut short a read error carrying the status."""
+async def test_sts_client_classifies_redirect_timeout_and_cut_body() -> None:
+    """Over the production transport a 302 is unavailable (not followed), a body cut short a
+    read error carrying the status, and a silent server a GET error."""
     never = trio.Event()
 
     async def script(peer: Peer) -> None:
@@ -663,7 +622,7 @@ async def test_direct_sts_client_classifies_redirect_timeout_and_cut_body() -> N
 
     transport = H11Transport()
     async with serving(script) as server, client(transport, read=0.2) as http:
-        sts = StsClient(http, direct=transport)
+        sts = StsClient(http)
         request = _presigned_for(server.url)
         with pytest.raises(StsUnavailableError, match="got 302") as redirect:
             await sts.get_caller_identity(request, cluster_id="c1")
@@ -674,3 +633,26 @@ async def test_direct_sts_client_classifies_redirect_timeout_and_cut_body() -> N
         with trio.fail_after(5), pytest.raises(StsUnavailableError, match="error during GET"):
             await sts.get_caller_identity(request, cluster_id="c1")
         assert len(server.requests) == 3
+
+
+async def test_sts_client_carries_no_cookie_from_one_call_to_the_next() -> None:
+    """A cookie STS sets on one user's call is not sent with the next one through the daemon's
+    client (`open_sts_client`), as upstream's Go client, which has no cookie jar, sends none."""
+    identity = (
+        b'{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Arn":'
+        b'"arn:aws:iam::123456789012:user/Alice","Account":"123456789012","UserId":"AIDA1"}}}'
+    )
+
+    async def cookie_setter(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(ok(identity, extra=b"set-cookie: session=from-sts; Path=/\r\n"))
+
+    async with (
+        serving(cookie_setter) as server,
+        open_sts_client(step_timeout=5, proxies=Proxies()) as sts,
+    ):
+        for _ in range(2):
+            found = await sts.get_caller_identity(_presigned_for(server.url), cluster_id="c1")
+            assert found.user_id == "AIDA1"
+        assert len(server.requests) == 2 and server.connections == 1
+        assert all(name != b"cookie" for name, _ in server.requests[1].headers)

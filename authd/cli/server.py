@@ -84,6 +84,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from authd import logs
     from authd.server.daemon import run_server
+    from authd.server.proxies import Proxies
     from authd.server.region import resolve_region
 
     print(f'Authenticator Version: "{__version__}", "{__commit__}"', flush=True)
@@ -93,8 +94,15 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for warning in settings.warnings:
         log.warning(warning)
     region = resolve_region(env)
+    proxies = Proxies.from_env(env)
+    # Internal: the server benchmark's A/B of the STS transport (bench/server.py); not a setting.
+    sts_transport = env.get("AUTHD_BENCH_STS_TRANSPORT") or "h11"
     try:
-        trio.run(lambda: run_server(settings, region=region))
+        trio.run(
+            lambda: run_server(
+                settings, region=region, proxies=proxies, sts_transport=sts_transport
+            )
+        )
     except ExceptionGroup as group:
         # trio's nurseries wrap even a single error; a start-up failure is one AuthdError
         # (a busy port, a bad certificate) that the CLI prints as one line, exit 1.

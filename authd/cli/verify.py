@@ -12,6 +12,7 @@ from authd.errors import AuthdError
 
 if TYPE_CHECKING:
     from authd.config import ServerSettings
+    from authd.server.proxies import Proxies
 
 FLAGS: dict[str, object] = {"partition": None, "extra_sts_endpoints": None}
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import trio
 
     from authd.cli.server import load_settings
+    from authd.server.proxies import Proxies
     from authd.server.region import resolve_region
 
     token = args.token
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     settings = load_settings(args, env, FLAGS)
     region = resolve_region(env, default="")
-    report = trio.run(_verify, settings, token, region)
+    report = trio.run(_verify, settings, token, region, Proxies.from_env(env))
     if args.output == "json":
         print(json.dumps(report, indent=4))
     else:
@@ -58,26 +60,21 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-async def _verify(settings: ServerSettings, token: str, region: str) -> dict[str, Any]:
-    import httpx
-
+async def _verify(
+    settings: ServerSettings, token: str, region: str, proxies: Proxies
+) -> dict[str, Any]:
     from authd import token as tokens
     from authd.mapping.chain import Backend, MapperChain
     from authd.mapping.file import MountedFileTable
     from authd.server.authenticator import utc_now
-    from authd.server.sts.client import StsClient
-    from authd.server.sts.transport import H11Transport
+    from authd.server.sts.client import open_sts_client
 
     policy = tokens.EndpointPolicy.create(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
     request = tokens.verify(token, now=utc_now(), policy=policy)
-    async with httpx.AsyncClient(
-        transport=H11Transport(), timeout=settings.sts_timeout, follow_redirects=False
-    ) as client:
-        identity = await StsClient(client).get_caller_identity(
-            request, cluster_id=settings.cluster_id
-        )
+    async with open_sts_client(step_timeout=settings.sts_timeout, proxies=proxies) as sts:
+        identity = await sts.get_caller_identity(request, cluster_id=settings.cluster_id)
     report: dict[str, Any] = {
         "ARN": identity.arn,
         "CanonicalARN": identity.canonical_arn,

@@ -23,6 +23,7 @@ from authd import __version__
 from authd.client.options import TokenOptions
 from authd.client.tokencache import aws_config_file
 from authd.errors import ClientError, CredentialError
+from authd.imds import imds_region
 from authd.token import CLUSTER_ID_HEADER
 from authd.token import encode as encode_token  # the one token codec, shared with the server
 
@@ -210,32 +211,7 @@ def resolve_region(flag_region: str, env: Mapping[str, str], settings: AwsSettin
     ):
         if candidate:
             return candidate
-    return _imds_region(env) or "us-east-1"
-
-
-def _imds_region(env: Mapping[str, str]) -> str:
-    """Ask instance metadata for the region: one attempt, 1 s, skipped when IMDS is disabled."""
-    if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
-        return ""
-    from botocore.utils import InstanceMetadataRegionFetcher
-
-    class _RegionFetcher(InstanceMetadataRegionFetcher):  # type: ignore[misc]
-        # placement/region answers the region directly; older IMDS only has the zone,
-        # which botocore's parent class trims.
-        _URL_PATH = "latest/meta-data/placement/region"
-
-        def _get_region(self) -> str:
-            token = self._fetch_metadata_token()
-            response = self._get_request(
-                url_path=self._URL_PATH, retry_func=self._default_retry, token=token
-            )
-            return str(response.text).strip()
-
-    config = {}
-    if env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"):
-        config["ec2_metadata_service_endpoint"] = env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
-    fetcher = _RegionFetcher(timeout=1, num_attempts=1, env=dict(env), config=config)
-    return str(fetcher.retrieve_region() or "")
+    return imds_region(env) or "us-east-1"
 
 
 def resolve_endpoint(region: str, settings: AwsSettings) -> Endpoint:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 
-import httpx
 import structlog
 import trio
 
@@ -28,9 +27,9 @@ from authd.server.authenticator import Authenticator
 from authd.server.backends import Backends
 from authd.server.ec2 import open_server_private_dns_names
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
-from authd.server.sts.client import StsClient
+from authd.server.proxies import Proxies
+from authd.server.sts.client import open_sts_client
 from authd.server.sts.guard import StsProtection
-from authd.server.sts.transport import H11Transport
 from authd.token import EndpointPolicy
 
 log = structlog.get_logger("authd.server")
@@ -57,10 +56,20 @@ async def run_server(
     settings: ServerSettings,
     *,
     region: str,
+    proxies: Proxies,
     limits: Limits | None = None,
+    sts_transport: str = "h11",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the webhook until SIGTERM/SIGINT; `task_status` receives the bound address.
+
+    Args:
+        settings: the resolved flags and config.
+        region: the server's AWS region (EC2 calls, the STS endpoint policy).
+        proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
+        limits: the listener's connection limits; defaults when None.
+        sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
+            benchmark's A/B run sets it.
 
     Raises:
         AuthdError: the state dir, kubeconfig or TLS setup failed (fatal at start).
@@ -75,17 +84,17 @@ async def run_server(
     policy = EndpointPolicy.create(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
-    timeout = httpx.Timeout(settings.sts_timeout)
-    # H11Transport: one STS GET per new token is much of a review's cost (server/sts/transport.py);
-    # StsClient sends through it directly, skipping httpx's request/response objects.
-    transport = H11Transport()
     async with (
-        httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client,
-        open_server_private_dns_names(settings, region=region, metrics=metrics) as ec2_names,
+        open_sts_client(
+            step_timeout=settings.sts_timeout, proxies=proxies, transport=sts_transport
+        ) as sts,
+        open_server_private_dns_names(
+            settings, region=region, metrics=metrics, proxies=proxies
+        ) as ec2_names,
     ):
         authenticator = Authenticator(
             policy=policy,
-            sts=StsClient(client, direct=transport),
+            sts=sts,
             chain=backends.chain,
             cluster_ids=settings.cluster_ids,
             metrics=metrics,

@@ -34,6 +34,7 @@ import trio
 from authd.config import ServerSettings
 from authd.errors import Ec2Error
 from authd.metrics import Metrics
+from authd.server.proxies import Proxies
 from authd.server.ratelimit import TokenBucket
 
 log = structlog.get_logger("authd.server.ec2")
@@ -240,6 +241,7 @@ def botocore_describer(
     source_arn: str = "",
     endpoint_url: str | None = None,
     timeout: float = 10.0,
+    proxies: Proxies | None = None,
 ) -> Describe:
     """A blocking DescribeInstances for `PrivateDnsNames`, with botocore's credential chain.
 
@@ -256,6 +258,8 @@ def botocore_describer(
         endpoint_url: EC2 endpoint; botocore's own choice (including `AWS_ENDPOINT_URL_EC2`)
             when None.
         timeout: connect and read timeout of one HTTP request, seconds.
+        proxies: the server's proxies (`Proxies.from_env`), applied to EC2 and to AssumeRole
+            by the same rules as to STS; no proxy when None.
     """
     lock = threading.Lock()
     clients: list[Any] = []
@@ -265,7 +269,12 @@ def botocore_describer(
             if not clients:
                 clients.append(
                     _client(
-                        region, role_arn, source_arn, endpoint_url=endpoint_url, timeout=timeout
+                        region,
+                        role_arn,
+                        source_arn,
+                        endpoint_url=endpoint_url,
+                        timeout=timeout,
+                        proxies=proxies or Proxies(),
                     )
                 )
         return _describe(clients[0], instance_ids)
@@ -274,7 +283,13 @@ def botocore_describer(
 
 
 def _client(
-    region: str, role_arn: str, source_arn: str, *, endpoint_url: str | None, timeout: float
+    region: str,
+    role_arn: str,
+    source_arn: str,
+    *,
+    endpoint_url: str | None,
+    timeout: float,
+    proxies: Proxies,
 ) -> Any:
     """The botocore EC2 client, signing with the assumed role's credentials when asked."""
     import botocore.config
@@ -285,19 +300,41 @@ def _client(
     config = botocore.config.Config(
         connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2}
     )
+    create = partial(_proxied_client, session, config=config, proxies=proxies)
     try:
         if role_arn:
-            _assume_role(session, region=region, role_arn=role_arn, source_arn=source_arn)
-        return session.create_client(
-            "ec2", region_name=region, endpoint_url=endpoint_url, config=config
-        )
+            _assume_role(session, create, region=region, role_arn=role_arn, source_arn=source_arn)
+        return create("ec2", region_name=region, endpoint_url=endpoint_url)
     except (BotoCoreError, ClientError) as exc:
         raise Ec2Error(f"cannot make an EC2 client: {exc}") from exc
 
 
+def _proxied_client(
+    session: Any, service: str, *, config: Any, proxies: Proxies, **kwargs: Any
+) -> Any:
+    """`session.create_client`, with the proxy `proxies` picks for the client's endpoint.
+
+    botocore would read the proxy variables itself, but by urllib's rules (loopback proxied
+    unless listed in NO_PROXY, no CIDR blocks); an explicit `proxies` makes EC2 and AssumeRole
+    follow the same rules as STS. The endpoint is known only once a client exists, so a
+    proxied endpoint costs a second (cheap: the service model is cached) client.
+    """
+    import botocore.config
+
+    direct = config.merge(botocore.config.Config(proxies={}))
+    client = session.create_client(service, config=direct, **kwargs)
+    endpoint: str = client.meta.endpoint_url
+    proxy = proxies.proxy_for(endpoint)
+    if proxy is None:
+        return client
+    scheme = endpoint.partition("://")[0]
+    via = config.merge(botocore.config.Config(proxies={scheme: proxy}))
+    return session.create_client(service, config=via, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def open_server_private_dns_names(
-    settings: ServerSettings, *, region: str, metrics: Metrics
+    settings: ServerSettings, *, region: str, metrics: Metrics, proxies: Proxies
 ) -> AsyncIterator[PrivateDnsNames]:
     """The server's running lookup, configured from its flags (authd.md section 1)."""
     limits = Ec2Limits(
@@ -310,12 +347,15 @@ async def open_server_private_dns_names(
         region=region,
         role_arn=settings.ec2_describe_instances_role_arn,
         source_arn=settings.source_arn,
+        proxies=proxies,
     )
     async with open_private_dns_names(describe=describe, metrics=metrics, limits=limits) as names:
         yield names
 
 
-def _assume_role(session: Any, *, region: str, role_arn: str, source_arn: str) -> None:
+def _assume_role(
+    session: Any, create: Callable[..., Any], *, region: str, role_arn: str, source_arn: str
+) -> None:
     """Make `session` sign with `role_arn`'s credentials, refreshed as they near expiry."""
     from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
@@ -329,7 +369,7 @@ def _assume_role(session: Any, *, region: str, role_arn: str, source_arn: str) -
 
         session.register("before-sign.sts.AssumeRole", add_source)
     fetcher = AssumeRoleCredentialFetcher(
-        client_creator=partial(session.create_client, region_name=region),
+        client_creator=partial(create, region_name=region),
         source_credentials=session.get_credentials(),
         role_arn=role_arn,
         extra_args={"RoleSessionName": "aws-iam-authenticator"},

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -106,14 +107,14 @@ class StsStandIn:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:<port>`."""
+        """`http(s)://127.0.0.1:<port>`."""
         assert self._server is not None, "start() first"
         return self._server.url
 
-    def start(self) -> StsStandIn:
-        """Serve in a daemon thread; returns self."""
+    def start(self, *, tls: ssl.SSLContext | None = None) -> StsStandIn:
+        """Serve in a daemon thread (https with `tls`); returns self."""
         handler = type("Handler", (_Handler,), {"standin": self})
-        self._server = LoopbackServer(handler)
+        self._server = LoopbackServer(handler, tls=tls)
         return self
 
     def stop(self) -> None:

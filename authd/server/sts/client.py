@@ -8,9 +8,10 @@ and rate limits belong to the caller.
 from __future__ import annotations
 
 import contextlib
-import json
+import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from http.cookiejar import CookieJar
 from typing import Any, cast
 
 import httpx
@@ -24,14 +25,20 @@ from authd.errors import (
     StsThrottledError,
     StsUnavailableError,
 )
+from authd.gotext import go_quote
 from authd.identity import Identity
-from authd.server.sts.transport import BodyReadError, H11Transport
+from authd.server.proxies import Proxies, ProxyRouter
+from authd.server.sts.transport import H11Transport
 from authd.token import CLUSTER_ID_HEADER, PresignedRequest
 
 MAX_BODY_BYTES = 64 * 1024
 """A GetCallerIdentity answer is under 1 KiB; anything far bigger is not STS talking."""
 MAX_BODY_TEXT = 1024
 """How much of an error body goes into the error message."""
+MAX_CONNECTIONS = 100
+"""Connections open to STS at once (direct, and per proxy); beyond that a call waits."""
+KEEPALIVE_EXPIRY = 5.0
+"""Seconds an idle connection is kept for reuse (httpx's default)."""
 
 _FIELDS = ("arn", "account", "userid")
 _RESPONSE = "getcalleridentityresponse"
@@ -42,22 +49,16 @@ _ROLE_TYPES = (PrincipalType.ROLE, PrincipalType.ASSUMED_ROLE)
 class StsClient:
     """Calls STS GetCallerIdentity for tokens that passed `authd.token.verify`.
 
-    The caller builds the `httpx.AsyncClient` (timeouts, TLS, `follow_redirects=False`);
-    redirects are refused here in any case, since following one could reach another host.
+    Every call goes through the `httpx.AsyncClient` it is given: the daemon's comes from
+    `open_sts_client` (pool, proxies, TLS), a test's may carry an `httpx.MockTransport`.
+    Redirects are never followed, whatever the client says: one could reach another host.
     """
 
-    def __init__(self, http: httpx.AsyncClient, *, direct: H11Transport | None = None) -> None:
-        """Use `http` for every call; the caller owns and closes it.
-
-        Args:
-            http: the shared client; its timeouts apply to every call.
-            direct: the client's own `H11Transport`, when it has one: GETs then go through
-                `direct.get`, skipping httpx's request and response objects (the daemon's hot
-                path); the pool is the client's either way.
-        """
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        """Use `http` for every call; the caller owns and closes it (its timeouts apply)."""
         self._http = http
-        self._direct = direct
-        self._timeouts = http.timeout.as_dict()
+        self._headers = {**http.headers, "accept": "application/json"}
+        self._extensions = {"timeout": http.timeout.as_dict()}
 
     async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
         """Send the presigned GET with this server's cluster ID and return who signed it.
@@ -80,10 +81,10 @@ class StsClient:
 
     async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
         """One GET, never following redirects; returns status, body and content type."""
-        headers = {CLUSTER_ID_HEADER: cluster_id, "accept": "application/json"}
-        if self._direct is not None:
-            return await self._fetch_direct(request, headers)
-        outgoing = self._http.build_request("GET", request.url, headers=headers)
+        headers = {**self._headers, CLUSTER_ID_HEADER: cluster_id}
+        # httpx.Request, not client.build_request: the client has no base URL, cookies or
+        # params to merge, and merging would parse the long presigned URL a second time.
+        outgoing = httpx.Request("GET", request.url, headers=headers, extensions=self._extensions)
         try:
             response = await self._http.send(outgoing, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
@@ -96,24 +97,88 @@ class StsClient:
             await response.aclose()
         return response.status_code, body, response.headers.get("content-type", "")
 
-    async def _fetch_direct(
-        self, request: PresignedRequest, headers: dict[str, str]
-    ) -> tuple[int, bytes, str]:
-        """`_fetch` through `H11Transport.get`, with the same errors and texts."""
-        assert self._direct is not None
-        try:
-            answer = await self._direct.get(
-                request.url, list(headers.items()), timeouts=self._timeouts, max_body=MAX_BODY_BYTES
-            )
-        except BodyReadError as exc:
-            raise StsUnavailableError(
-                f"error reading HTTP result: {_cause(exc)}", status=exc.status
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise StsUnavailableError(
-                f"error during GET: {_cause(exc)} on {request.region_label} endpoint"
-            ) from exc
-        return answer.status, answer.body, answer.content_type
+
+@contextlib.asynccontextmanager
+async def open_sts_client(
+    *,
+    step_timeout: float,
+    proxies: Proxies,
+    ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    transport: str = "h11",
+) -> AsyncIterator[StsClient]:
+    """The StsClient the server and `authd verify` use; its connections close with the block.
+
+    Requests go straight to STS or through the proxy `proxies` names for their URL
+    (authd/server/proxies.py: upstream's environment rules, loopback never proxied), over a
+    keep-alive pool of at most `max_connections`; `step_timeout` bounds each step (connect, write,
+    read, pool wait).
+
+    Args:
+        step_timeout: seconds, httpx's per-step timeout (`--sts-timeout`).
+        proxies: from the environment (`Proxies.from_env`), passed in by the CLI.
+        ssl_context: verifies STS (through a proxy's tunnel too); the system's trust store
+            (`ssl.create_default_context()`, which honours SSL_CERT_FILE) when None, as Go's.
+        max_connections: connections to STS open at once, kept alive as long as idle.
+        transport: "h11" (authd's H11Transport, 1.6x the reviews/s of httpx's own pool in
+            docs/BENCHMARKS.md) or "httpx" (`httpx.AsyncHTTPTransport`); the latter only for
+            the server benchmark's A/B, not a setting.
+    """
+    context = ssl_context or ssl.create_default_context()
+    direct = _direct_transport(transport, context, max_connections)
+
+    def through(proxy: str) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(
+            proxy=proxy, verify=context, limits=_limits(max_connections), trust_env=False
+        )
+
+    router = ProxyRouter(direct, proxies, through=through)
+    client = httpx.AsyncClient(
+        transport=router,
+        timeout=httpx.Timeout(step_timeout),
+        follow_redirects=False,
+        cookies=_NoCookies(),
+        trust_env=False,  # the proxies were read once, by the CLI; nothing else from the env
+    )
+    async with client:
+        yield StsClient(client)
+
+
+class _NoCookies(CookieJar):
+    """A jar that keeps nothing: STS calls carry no cookies (StsClient builds its requests
+    without the client's jar), so storing them would be work for nothing: about 25 µs a call,
+    which httpx spends on every answer. Go's client, which upstream uses, has no jar either.
+    """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep no cookie from `response`."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        """Add no cookie to `request`."""
+
+
+def _limits(max_connections: int) -> httpx.Limits:
+    """Every connection may stay alive idle: STS traffic comes back in bursts."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+
+
+def _direct_transport(
+    kind: str, context: ssl.SSLContext, max_connections: int
+) -> httpx.AsyncBaseTransport:
+    """The transport for requests that no proxy applies to."""
+    if kind == "h11":
+        return H11Transport(
+            ssl_context=context, max_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY
+        )
+    if kind != "httpx":
+        raise ValueError(f"unknown STS transport {kind!r}")
+    return httpx.AsyncHTTPTransport(
+        verify=context, limits=_limits(max_connections), trust_env=False
+    )
 
 
 async def _read_body(response: httpx.Response) -> bytes:
@@ -259,8 +324,7 @@ def _identity(fields: dict[str, str], *, access_key_id: str, host: str) -> Ident
     if kind in _ROLE_TYPES:
         parts = user_id.split(":")
         if len(parts) != 2:
-            quoted = json.dumps(user_id, ensure_ascii=False)
-            raise StsRejectedError(f"malformed UserID {quoted}", status=200)
+            raise StsRejectedError(f"malformed UserID {go_quote(user_id)}", status=200)
         user_id, session = parts
     return Identity(
         arn=fields["arn"],

@@ -20,9 +20,11 @@ what one GET needs:
   every failure is raised as the httpx exception of the same meaning (ConnectError,
   ReadTimeout, RemoteProtocolError, ...), so callers classify errors as they would with httpx.
 
-`get()` is the same GET without httpx's Request and Response objects (about 150 µs a call on
-this machine, a sixth of a review): authd's StsClient uses it on the shared client's own
-transport, so the pool, limits and timeouts are the client's either way.
+It is an `httpx.AsyncBaseTransport` and nothing else: StsClient sends through
+`httpx.AsyncClient` whatever the transport, so tests with `httpx.MockTransport` run the same
+code. Requests that must go through a proxy are routed to httpx's own proxy transport
+(authd/server/proxies.py); this one connects directly. The server benchmark measures it
+against httpx's `AsyncHTTPTransport` (docs/BENCHMARKS.md, the server section).
 
 Redirects are httpx's business above the transport (authd never follows them); this transport
 returns a 3xx like any other answer. https uses `trio.SSLStream` with the host as SNI and a
@@ -35,16 +37,14 @@ import math
 import select
 import ssl
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Final
-from urllib.parse import urlsplit
 
 import h11
 import httpx
 import trio
 
-__all__ = ["BodyReadError", "H11Transport", "RawResponse"]
+__all__ = ["H11Transport"]
 
 Origin = tuple[bytes, str, int]
 
@@ -52,23 +52,6 @@ RECEIVE_SIZE: Final = 65536
 DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 _HTTP11: Final = {"http_version": b"HTTP/1.1"}
 _COALESCE_BYTES: Final = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class RawResponse:
-    """What `H11Transport.get` returns: the status, the content type and the whole body."""
-
-    status: int
-    content_type: str
-    body: bytes
-
-
-class BodyReadError(httpx.ReadError):
-    """The response head arrived but its body could not be read (or was too large)."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class H11Transport(httpx.AsyncBaseTransport):
@@ -150,46 +133,6 @@ class H11Transport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(self, conn, timeouts.get("read")),
             extensions={**_HTTP11, "reason_phrase": bytes(head.reason)},
         )
-
-    async def get(
-        self,
-        url: str,
-        headers: Sequence[tuple[str, str]],
-        *,
-        timeouts: Mapping[str, float | None],
-        max_body: int,
-    ) -> RawResponse:
-        """GET `url` with `headers` and read the whole answer, at most `max_body` bytes of body.
-
-        The same pool, limits and timeout kinds (`connect`, `read`, `write`, `pool`) as
-        `handle_async_request`, without building httpx objects. Redirects are returned as is.
-
-        Raises:
-            BodyReadError: the head arrived but the body failed, or exceeded `max_body`.
-            httpx.TransportError: the httpx kind of any other failure, as for httpx requests.
-        """
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        parts = urlsplit(url)
-        scheme = parts.scheme.encode()
-        default = DEFAULT_PORTS.get(scheme)
-        if default is None or not parts.hostname:
-            raise httpx.UnsupportedProtocol(f"cannot GET {parts.scheme!r} URL")
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn = await self._checkout((scheme, parts.hostname, parts.port or default), timeouts)
-        reusable = False
-        try:
-            await conn.send_get(target, [("host", parts.netloc), *headers], timeouts.get("write"))
-            head = await conn._receive_head(timeouts.get("read"))
-            body = await conn.read_body(head.status_code, max_body, timeouts.get("read"))
-            reusable = conn.finish()
-        finally:
-            if reusable:
-                self._release(conn)
-            else:
-                self._discard(conn)
-        content_type = next((v for k, v in head.headers if k == b"content-type"), b"")
-        return RawResponse(head.status_code, content_type.decode("latin-1"), body)
 
     async def aclose(self) -> None:
         """Close every idle connection; connections in use are closed when released."""
@@ -429,47 +372,6 @@ class _Connection:
             if isinstance(chunks, AsyncGenerator):
                 await chunks.aclose()
         await self._write(conn.send(h11.EndOfMessage()) or b"", within)
-
-    async def send_get(
-        self, target: str, headers: Sequence[tuple[str, str]], within: float | None
-    ) -> None:
-        """Write a body-less GET for `target` (headers include `host`)."""
-        conn = self.h11
-        try:
-            data = conn.send(h11.Request(method="GET", target=target, headers=list(headers)))
-            data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
-        await self._write(data, within)
-
-    async def read_body(self, status: int, limit: int, within: float | None) -> bytes:
-        """Read the rest of the response, at most `limit` bytes of body.
-
-        Raises:
-            BodyReadError: the body failed to arrive whole, or passed `limit`.
-        """
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while True:
-                event = self.next_event()
-                if event is h11.NEED_DATA:
-                    await self.receive(within)
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > limit:
-                        raise BodyReadError(f"body larger than {limit} bytes", status=status)
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    return b"".join(chunks)
-                else:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected in the middle of the body."
-                    )
-        except BodyReadError:
-            raise
-        except httpx.TransportError as exc:
-            raise BodyReadError(str(exc), status=status) from exc
 
     async def _write(self, data: bytes, within: float | None) -> None:
         """Write bytes within `within` seconds."""
