@@ -43,7 +43,7 @@ class _Arn:
 
 
 def _parse(arn: str) -> _Arn:
-    """Split an ARN into its fields, applying arn.md R1-R3."""
+    """Split an ARN into its fields, applying R1-R3 in docs/upstream-compat.md."""
     if not arn.startswith("arn:"):
         raise ArnError(f"arn '{arn}' is invalid: 'arn: invalid prefix'")
     fields = arn.split(":", 5)
@@ -63,7 +63,9 @@ def _parse(arn: str) -> _Arn:
 
 
 def canonicalize(arn: str) -> tuple[PrincipalType, str]:
-    """Return the principal type and canonical ARN of an identity ARN (arn.md R1-R9).
+    """Return the principal type and canonical ARN of an identity ARN.
+
+    See R1-R9 in docs/upstream-compat.md.
 
     IAM user, role and root ARNs and STS federated-user ARNs come back unchanged; an STS
     assumed-role ARN becomes the IAM role ARN (session dropped, role path kept).

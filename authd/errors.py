@@ -4,7 +4,7 @@
     ├── ConfigError (ValueError)          bad flags, config file, mapping file
     ├── BadRequestError (ValueError)      a webhook request that is not a TokenReview
     ├── ArnError (ValueError)             an ARN that cannot be canonicalised
-    ├── TokenFormatError (ValueError)     a token that fails a local check (token.md C1-C16)
+    ├── TokenFormatError (ValueError)     fails a local check (C1-C16 in docs/upstream-compat.md)
     ├── StsError                          STS could not vouch for the token
     │   ├── StsRejectedError              STS answered 4xx: signature, expired, access denied
     │   ├── StsThrottledError             STS or authd's own limiter throttled the call
@@ -19,8 +19,9 @@
         └── CredentialError               no usable AWS credentials, or AssumeRole refused
 
 Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
-(authd.md section 4). Foreign exceptions are translated at the boundary with `raise ... from`.
-What a review answers for each class is `authd.outcomes.OUTCOMES`, one row per class.
+(authd 4 in docs/upstream-compat.md). Foreign exceptions are translated at the boundary with
+`raise ... from`. What a review answers for each class is `authd.outcomes.OUTCOMES`, one row per
+class.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ class BadRequestError(AuthdError, ValueError):
 
 
 class ArnError(AuthdError, ValueError):
-    """An ARN that is not a valid identity ARN (arn.md)."""
+    """An ARN that is not a valid identity ARN (R1-R9 in docs/upstream-compat.md)."""
 
     reason = "bad_arn"
 
 
 class TokenFormatError(AuthdError, ValueError):
-    """A token that fails a local check; rendered as upstream renders it (token.md)."""
+    """A token that fails a local check; rendered as upstream renders it.
+
+    See C1-C16 in docs/upstream-compat.md.
+    """
 
     reason = "bad_token"
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
-    """The caller as STS GetCallerIdentity reports it (token.md E5).
+    """The caller as STS GetCallerIdentity reports it (E5 in docs/upstream-compat.md).
 
     `arn` is what STS returned (an assumed-role ARN for role sessions); `canonical_arn` is the
-    mapping key (arn.md). `session_name` is empty for IAM users, root and federated users.
+    mapping key (R1-R9 in docs/upstream-compat.md). `session_name` is empty for IAM users, root and
+    federated users.
     """
 
     arn: str
@@ -24,7 +25,7 @@ class Identity:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class User:
-    """The Kubernetes user a TokenReview answers with (server.md section 3)."""
+    """The Kubernetes user a TokenReview answers with (server 3 in docs/upstream-compat.md)."""
 
     username: str
     uid: str

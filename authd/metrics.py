@@ -1,10 +1,11 @@
 """authd's Prometheus metrics: one object owning its registry, methods named for what happened.
 
-Upstream's series keep their exact names, types, labels, buckets and help strings (metrics.md) so
-existing dashboards and alerts keep working. authd's own series use the `authd_` prefix, label
-`backend` where per backend and `reason` where per review outcome (authd.md sections 4 and 6).
-Series that a dashboard should see at zero from the start (upstream's unlabeled counters and
-gauges, and authd's decision/reason pairs) are created up front.
+Upstream's series keep their exact names, types, labels, buckets and help strings
+(metrics in docs/upstream-compat.md) so existing dashboards and alerts keep working. authd's own
+series use the `authd_` prefix, label `backend` where per backend and `reason` where per review
+outcome (authd 4 and 6 in docs/upstream-compat.md). Series that a dashboard should see at zero from
+the start (upstream's unlabeled counters and gauges, and authd's decision/reason pairs) are created
+up front.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         ns = NAMESPACE
-        # --- upstream (metrics.md) ---
+        # --- upstream (metrics in docs/upstream-compat.md) ---
         # Every review touches these; they are plain numbers turned into samples at scrape time
         # (`_ReviewSeries`): upstream's authenticate_latency_seconds{result}, and authd's
         # authd_reviews_total{decision,reason}, authd_review_latency_seconds{backend,decision}
@@ -134,7 +135,7 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
-        # --- authd's own (authd.md section 6) ---
+        # --- authd's own (authd 6 in docs/upstream-compat.md) ---
         self.backend_errors = Counter(
             "authd_backend_errors_total",
             "Errors of a mapping backend (lookup failures, unreadable sources).",
@@ -424,7 +425,7 @@ _Families = tuple[
 class _ReviewSeries(Collector):
     """The series every review updates, kept as plain numbers and turned into samples when
     scraped: upstream's authenticate_latency_seconds{result}, authd_reviews_total{decision,
-    reason} (every pair of authd.md section 4 at zero from the start),
+    reason} (every pair of authd 4 in docs/upstream-compat.md at zero from the start),
     authd_review_latency_seconds{backend,decision} and authd_identity_cache_hits_total.
 
     prometheus_client's metrics take a lock and check their state on each observation: four of
@@ -499,7 +500,9 @@ class _ReviewSeries(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        """The families with a sample set per label set seen (and the zeros authd.md asks)."""
+        """The families with a sample set per label set seen (and the zeros
+        authd 6 in docs/upstream-compat.md asks for).
+        """
         upstream, reviews, latency, hits = self._families()
         by_result: dict[str, list[_Observed]] = {}
         by_backend: dict[tuple[str, str], list[_Observed]] = {}

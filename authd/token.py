@@ -1,4 +1,6 @@
-"""Decode `k8s-aws-v1.` tokens and check the presigned STS URL inside (token.md A, C, D).
+"""Decode `k8s-aws-v1.` tokens and check the presigned STS URL inside.
+
+See A, C, D in docs/upstream-compat.md.
 
 Pure: standard library only, and the clock is an argument. `verify` runs upstream's checks in
 upstream's order and fails with upstream's texts, because operators search logs for them. It
@@ -31,7 +33,10 @@ CLUSTER_ID_HEADER = "x-k8s-aws-id"
 """The signed header carrying the cluster ID: the client signs it, the server sends it to STS."""
 MAX_TOKEN_BYTES = 4096
 LIFETIME = timedelta(minutes=15)
-"""STS honours a presigned GetCallerIdentity for 15 minutes after X-Amz-Date (token.md A4)."""
+"""STS honours a presigned GetCallerIdentity for 15 minutes after X-Amz-Date.
+
+See A4 in docs/upstream-compat.md.
+"""
 
 # Go's RawURLEncoding alphabet, plus the line breaks its decoder skips; any other byte fails.
 # Checked with one regex search (in C): a Python loop over a 2 KiB token costs ~20 us a review.
@@ -67,7 +72,7 @@ class _Partition:
     """An SDK partition: its DNS domains and the pattern its region names follow."""
 
     domain: str
-    dual_stack_domain: str  # "" where the partition has none (token.md D6)
+    dual_stack_domain: str  # "" where the partition has none (D6 in docs/upstream-compat.md)
     region_pattern: re.Pattern[str]
 
     @property
@@ -80,7 +85,8 @@ def _partition(domain: str, dual_stack: str, regions: str) -> _Partition:
     return _Partition(domain, dual_stack, re.compile(regions, re.ASCII))
 
 
-# Domains from token.md D6; region patterns from the SDK's partitions.json, in its order.
+# Domains from D6 in docs/upstream-compat.md; region patterns from the SDK's partitions.json, in its
+# order.
 _PARTITIONS: dict[str, _Partition] = {
     "aws": _partition("amazonaws.com", "api.aws", r"(us|eu|ap|sa|ca|me|af|il|mx)-\w+-\d+"),
     "aws-cn": _partition("amazonaws.com.cn", "api.amazonwebservices.com.cn", r"cn-\w+-\d+"),

@@ -1,4 +1,7 @@
-"""ARN canonicalisation and path stripping against the spec's vectors (arn.md)."""
+"""ARN canonicalisation and path stripping against the spec's vectors.
+
+See R1-R9 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The mapper chain, the MountedFile table and DynamicFile parsing (mapping.md sections 1-7)."""
+"""The mapper chain, the MountedFile table and DynamicFile parsing.
+
+See mapping 1-7 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

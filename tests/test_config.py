@@ -1,4 +1,7 @@
-"""Config file parsing, server settings precedence and start-up validation (server.md 1-2, 6)."""
+"""Config file parsing, server settings precedence and start-up validation.
+
+See server 1-2, 6 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

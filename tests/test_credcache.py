@@ -1,4 +1,7 @@
-"""Upstream's credential cache (token.md B11), shared with the Go tool file for file."""
+"""Upstream's credential cache, shared with the Go tool file for file.
+
+See B11 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

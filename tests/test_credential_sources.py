@@ -1,4 +1,6 @@
-"""Each credential source botocore supports yields a token STS accepts (authd.md section 7).
+"""Each credential source botocore supports yields a token STS accepts.
+
+See authd 7 in docs/upstream-compat.md.
 
 SSO is not tested: no local stand-in serves the SSO portal's GetRoleCredentials (docs/client.md).
 """

@@ -16,7 +16,7 @@ from authd.errors import ConfigError
 from authd.server.kubeconfig import render_kubeconfig, server_url, write_kubeconfig
 from authd.server.tls import generate_self_signed
 
-# The template of server.md section 5, with its two placeholders.
+# The template of server 5 in docs/upstream-compat.md, with its two placeholders.
 UPSTREAM_TEMPLATE = (
     "\n"
     "clusters:\n"

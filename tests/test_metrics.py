@@ -10,7 +10,7 @@ from authd.metrics import Metrics
 P = "aws_iam_authenticator_"
 GO_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
-# metrics.md, one row per metric: name, type, labels, help.
+# Upstream's series (metrics in docs/upstream-compat.md): name, type, labels, help.
 UPSTREAM = [
     (f"{P}authenticate_latency_seconds", "histogram", ["result"], "Authenticate call latency"),
     (
@@ -116,7 +116,9 @@ def test_unlabelled_series_exist_at_zero_and_labelled_ones_appear_on_use() -> No
 
 
 def test_authd_review_series_are_precreated_at_zero() -> None:
-    """Every decision/reason pair of authd.md section 4 exists at 0, as does each backend."""
+    """Every decision/reason pair of authd 4 in docs/upstream-compat.md exists at 0, as does each
+    backend.
+    """
     metrics = Metrics(process_collector=False)
     get = metrics.registry.get_sample_value
     pairs = {

@@ -205,7 +205,10 @@ def _amz(value: str) -> float:
 def test_assume_role_sends_authenticator_user_agent(
     sts_front: StsFront, iam_user: IamUser, iam_role: IamRole, tmp_path: Path
 ) -> None:
-    """AssumeRole calls carry `aws-iam-authenticator/<version>` in the user agent (token.md B6)."""
+    """AssumeRole calls carry `aws-iam-authenticator/<version>` in the user agent.
+
+    See B6 in docs/upstream-compat.md.
+    """
     env = {
         "HOME": str(tmp_path),
         "AWS_ENDPOINT_URL_STS": sts_front.url,

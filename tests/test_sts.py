@@ -1,4 +1,7 @@
-"""The STS adapter: one GET per review, every answer classified (token.md E, authd.md 4)."""
+"""The STS adapter: one GET per review, every answer classified.
+
+See E, authd 4 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 
@@ -304,7 +307,10 @@ def test_moto_s3_answer_is_unreadable() -> None:
 
 
 class _MotoFront(httpx.AsyncBaseTransport):
-    """Plays STS in front of moto: adds the Authorization header moto routes on (testing.md)."""
+    """Plays STS in front of moto: adds the Authorization header moto routes on.
+
+    See moto in docs/upstream-compat.md.
+    """
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()

@@ -1,4 +1,4 @@
-"""Username and group template rendering (mapping.md section 6)."""
+"""Username and group template rendering (mapping 6 in docs/upstream-compat.md)."""
 
 from __future__ import annotations
 

@@ -89,7 +89,10 @@ def test_role_default_session_name_is_the_go_sdk_one(
 def test_forward_session_name_reuses_the_callers_session(
     run_authd: RunAuthd, client_env: dict[str, str], iam_role: IamRole, moto_aws: MotoAws
 ) -> None:
-    """--forward-session-name takes the session part of the caller's UserId (token.md B7)."""
+    """--forward-session-name takes the session part of the caller's UserId.
+
+    See B7 in docs/upstream-compat.md.
+    """
     # Start as the assumed-role session "carol": STS gives its UserId as AROA...:carol.
     assumed = moto_aws.sts.assume_role(RoleArn=iam_role.arn, RoleSessionName="carol")
     issued = assumed["Credentials"]

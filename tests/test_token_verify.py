@@ -1,4 +1,7 @@
-"""Local token verification (token.md A, C, D): every spec vector, extra origins, the codec."""
+"""Local token verification: every spec vector, extra origins, the codec.
+
+See A, C, D in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Flags shared by every subcommand (token.md B1) and the config-file precedence helper."""
+"""Flags shared by every subcommand and the config-file precedence helper.
+
+See B1 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

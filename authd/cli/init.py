@@ -1,4 +1,7 @@
-"""`authd init`: pre-generate cert, key and webhook kubeconfig as upstream does (server.md 6)."""
+"""`authd init`: pre-generate cert, key and webhook kubeconfig as upstream does.
+
+See server 6 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

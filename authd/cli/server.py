@@ -1,4 +1,7 @@
-"""`authd server`: the TokenReview webhook, with upstream's flags (server.md section 2)."""
+"""`authd server`: the TokenReview webhook, with upstream's flags.
+
+See server 2 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

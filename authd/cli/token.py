@@ -1,4 +1,4 @@
-"""`authd token`: print an ExecCredential for kubectl (token.md section B; authd.md section 7).
+"""`authd token`: print an ExecCredential for kubectl (B; authd 7 in docs/upstream-compat.md).
 
 With `--cache` a cached token is answered from here with the standard library alone: botocore
 (about 100 ms of imports) is only loaded, through `authd.client.presign`, when a token has
@@ -42,7 +42,10 @@ API_V1ALPHA1 = "client.authentication.k8s.io/v1alpha1"
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
 ) -> None:
-    """Register `token` and its flags (token.md B2); defaults are None so precedence works."""
+    """Register `token` and its flags; defaults are None so precedence works.
+
+    See B2 in docs/upstream-compat.md.
+    """
     p = sub.add_parser("token", parents=parents, help="print a token for kubectl")
     p.add_argument("-r", "--role", default=None, help="IAM role ARN to assume (env DEFAULT_ROLE)")
     p.add_argument("-e", "--external-id", default=None, help="external ID for AssumeRole")
@@ -140,7 +143,10 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
 
 
 def _credential_cache(settings: TokenSettings, env: Mapping[str, str]) -> Any:
-    """Open upstream's credential cache, or say why not and go on without it (token.md B11)."""
+    """Open upstream's credential cache, or say why not and go on without it.
+
+    See B11 in docs/upstream-compat.md.
+    """
     from authd.client import credcache
 
     try:
@@ -156,7 +162,9 @@ def _credential_cache(settings: TokenSettings, env: Mapping[str, str]) -> Any:
 
 
 def api_version_from_exec_info(raw: str | None) -> tuple[str, str | None]:
-    """Pick the ExecCredential apiVersion from `KUBERNETES_EXEC_INFO` (authd.md section 7).
+    """Pick the ExecCredential apiVersion from `KUBERNETES_EXEC_INFO`.
+
+    See authd 7 in docs/upstream-compat.md.
 
     Returns the version and a deprecation warning to print on stderr (or None).
 
@@ -188,7 +196,10 @@ def api_version_from_exec_info(raw: str | None) -> tuple[str, str | None]:
 
 
 def exec_credential(token: str, expiration: datetime, *, api_version: str) -> str:
-    """Render the one-line ExecCredential JSON exactly as upstream (token.md B8)."""
+    """Render the one-line ExecCredential JSON exactly as upstream.
+
+    See B8 in docs/upstream-compat.md.
+    """
     document = {
         "kind": "ExecCredential",
         "apiVersion": api_version,

@@ -1,4 +1,4 @@
-"""`authd version`: print the version as upstream does (server.md section 8)."""
+"""`authd version`: print the version as upstream does (server 8 in docs/upstream-compat.md)."""
 
 from __future__ import annotations
 

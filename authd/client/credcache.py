@@ -1,6 +1,6 @@
 """Upstream's `--cache` credential cache, file for file, so authd and the Go tool can share it.
 
-token.md B11: one YAML file (`$AWS_IAM_AUTHENTICATOR_CACHE_FILE` or
+B11 in docs/upstream-compat.md: one YAML file (`$AWS_IAM_AUTHENTICATOR_CACHE_FILE` or
 `~/.kube/cache/aws-iam-authenticator/credentials.yaml`) laid out as
 `clusters: {<clusterID>: {<profile>: {<roleARN>: <credentials>}}}`; parents made 0700, the file
 written 0600 and refused when group or others may read it; an advisory `flock` on the file itself,

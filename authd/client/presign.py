@@ -27,9 +27,11 @@ from authd.imds import imds_region
 from authd.token import CLUSTER_ID_HEADER
 from authd.token import encode as encode_token  # the one token codec, shared with the server
 
-# Kept at 60 for servers <= 0.3.0 that required 0..60; STS ignores it (token.md A4).
+# Kept at 60 for servers <= 0.3.0 that required 0..60; STS ignores it
+# (A4 in docs/upstream-compat.md).
 PRESIGN_EXPIRES = 60
-# One minute less than the 15 minutes STS accepts a presigned URL for (token.md B10).
+# One minute less than the 15 minutes STS accepts a presigned URL for
+# (B10 in docs/upstream-compat.md).
 TOKEN_LIFETIME = timedelta(minutes=14)
 USER_AGENT = f"aws-iam-authenticator/{__version__}"
 
@@ -39,7 +41,7 @@ _REGION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AwsCredentials:
-    """AWS credentials as the credential cache stores them (token.md B11)."""
+    """AWS credentials as the credential cache stores them (B11 in docs/upstream-compat.md)."""
 
     access_key_id: str
     secret_access_key: str = field(repr=False)
@@ -98,7 +100,9 @@ def signing_time(url: str) -> datetime:
 
 
 def order_query(url: str) -> str:
-    """Put the query in upstream's order: parameters sorted, X-Amz-Signature last (token.md A2).
+    """Put the query in upstream's order: parameters sorted, X-Amz-Signature last.
+
+    See A2 in docs/upstream-compat.md.
 
     The order does not change the signature: SigV4 signs the canonically sorted query.
     """
@@ -202,7 +206,9 @@ def _true(value: str) -> bool:
 
 
 def resolve_region(flag_region: str, env: Mapping[str, str], settings: AwsSettings) -> str:
-    """Region per token.md B4: flag, AWS_REGION, AWS_DEFAULT_REGION, profile, IMDS, us-east-1."""
+    """Region per B4 in docs/upstream-compat.md: flag, AWS_REGION, AWS_DEFAULT_REGION, profile,
+    IMDS, us-east-1.
+    """
     for candidate in (
         flag_region,
         env.get("AWS_REGION", ""),
@@ -215,7 +221,9 @@ def resolve_region(flag_region: str, env: Mapping[str, str], settings: AwsSettin
 
 
 def resolve_endpoint(region: str, settings: AwsSettings) -> Endpoint:
-    """The STS endpoint for `region` from botocore's STS endpoint ruleset (token.md B5).
+    """The STS endpoint for `region` from botocore's STS endpoint ruleset.
+
+    See B5 in docs/upstream-compat.md.
 
     Only the ruleset (2 kB) and the partition table are loaded, never the STS service model.
 
@@ -259,7 +267,10 @@ def resolve_endpoint(region: str, settings: AwsSettings) -> Endpoint:
 
 
 def presign_url(credentials: AwsCredentials, *, cluster_id: str, endpoint: Endpoint) -> str:
-    """Presign `GET /?Action=GetCallerIdentity` with `x-k8s-aws-id` signed (token.md A2, A3)."""
+    """Presign `GET /?Action=GetCallerIdentity` with `x-k8s-aws-id` signed.
+
+    See A2, A3 in docs/upstream-compat.md.
+    """
     from botocore.auth import SigV4QueryAuth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import ReadOnlyCredentials
@@ -283,7 +294,10 @@ def presign_url(credentials: AwsCredentials, *, cluster_id: str, endpoint: Endpo
 
 
 def make_token(credentials: AwsCredentials, *, cluster_id: str, endpoint: Endpoint) -> Token:
-    """Sign a token for `cluster_id`; it is offered to kubectl for 14 minutes (token.md B10)."""
+    """Sign a token for `cluster_id`; it is offered to kubectl for 14 minutes.
+
+    See B10 in docs/upstream-compat.md.
+    """
     url = presign_url(credentials, cluster_id=cluster_id, endpoint=endpoint)
     return Token(
         token=encode_token(url),
@@ -430,7 +444,7 @@ def _sts_client(session: Any, base: AwsCredentials, endpoint: Endpoint) -> Any:
 def _assume_role(
     session: Any, base: AwsCredentials, options: TokenOptions, endpoint: Endpoint
 ) -> AwsCredentials:
-    """AssumeRole with the base credentials; session name as token.md B7."""
+    """AssumeRole with the base credentials; session name as B7 in docs/upstream-compat.md."""
     from botocore.exceptions import BotoCoreError
     from botocore.exceptions import ClientError as BotoClientError
 

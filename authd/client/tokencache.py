@@ -1,6 +1,6 @@
 """authd's own token cache: hand kubectl the same token again until a minute before it expires.
 
-authd.md section 7. One 0600 JSON file per key under
+authd 7 in docs/upstream-compat.md. One 0600 JSON file per key under
 `~/.kube/cache/aws-iam-authenticator/tokens/`, named by the SHA-256 of the key and written by
 atomic rename. The key is stored inside the file and compared on every read, so a file copied,
 corrupted or written for another cluster, role, profile or access key is never used. The mtimes
@@ -31,8 +31,8 @@ MARGIN = timedelta(minutes=1)
 LONGEST = timedelta(minutes=15)
 
 # AWS variables that choose the identity or the endpoint; their values are part of the key so a
-# token is never reused after the user switches them (authd.md lists the access key; the rest
-# are authd's own caution). Secrets are never part of the key.
+# token is never reused after the user switches them (authd 7 in docs/upstream-compat.md lists the
+# access key; the rest are authd's own caution). Secrets are never part of the key.
 KEY_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_PROFILE",

@@ -17,7 +17,10 @@ _GATES = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeatureGates:
-    """Upstream's feature gates (mapping.md section 10); all Alpha, all off by default."""
+    """Upstream's feature gates; all Alpha, all off by default.
+
+    See mapping 10 in docs/upstream-compat.md.
+    """
 
     configured_init_directories: bool = False
     iam_identity_mapping_crd: bool = False

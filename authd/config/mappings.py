@@ -43,7 +43,8 @@ class SSOSpec:
     def arn_prefix(self) -> str:
         """The lower-cased canonical-ARN prefix this entry matches (the pattern minus `*`).
 
-        Upstream drops a non-empty partition (a bug, mapping.md section 5); authd uses it.
+        Upstream drops a non-empty partition (a bug, mapping 5 in docs/upstream-compat.md); authd
+        uses it.
         """
         partition = self.partition or "aws"
         return (

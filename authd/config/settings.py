@@ -262,7 +262,7 @@ class _Sources:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSettings:
-    """Every setting of `server` and `init` (server.md sections 1, 2, 6; authd.md section 1).
+    """Every setting of `server` and `init` (server 1, 2, 6; authd 1 in docs/upstream-compat.md).
 
     Build with `resolve`. Durations are seconds; `backend_mode` holds canonical names in chain
     order; `cluster_ids[0]` is the current cluster ID, later ones are accepted during rotation.

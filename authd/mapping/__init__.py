@@ -2,8 +2,8 @@
 
 One module per backend (`file` for MountedFile, `dynamicfile`, later `configmap` and `crd`),
 `templates` for username/group placeholders, and `chain` to try the backends in order
-(mapping.md). Every table answers `lookup()` and `len()`. Tables are immutable snapshots; a
-reloader swaps a whole table at once.
+(mapping 1-10 in docs/upstream-compat.md). Every table answers `lookup()` and `len()`. Tables are
+immutable snapshots; a reloader swaps a whole table at once.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Try the configured backends in order and turn a verified identity into a Kubernetes user.
 
-mapping.md section 1: the first backend that maps the identity wins (templates rendered,
-reserved prefixes checked, any failure there denies at once); a backend that does not map it
-but lists its account in `mapAccounts` maps it to its canonical ARN with no groups; otherwise
-the next backend is tried. uid and extra follow server.md section 3 (scrubbed accounts get an
-administrative uid and no extra).
+mapping 1 in docs/upstream-compat.md: the first backend that maps the identity wins (templates
+rendered, reserved prefixes checked, any failure there denies at once); a backend that does not map
+it but lists its account in `mapAccounts` maps it to its canonical ARN with no groups; otherwise
+the next backend is tried. uid and extra follow server 3 in docs/upstream-compat.md (scrubbed
+accounts get an administrative uid and no extra).
 
 Each `Backend` holds its current immutable table in one attribute, so a reloader swaps a whole
 table atomically and a review always sees one consistent snapshot.
@@ -39,7 +39,7 @@ class Backend:
 
     `table` is the last good snapshot (None until the first one arrives). `problem` says why
     the backend is not ready; a backend with a table keeps serving it while a problem is
-    reported (a bad edit keeps the last good mapping, authd.md section 2).
+    reported (a bad edit keeps the last good mapping, authd 2 in docs/upstream-compat.md).
     """
 
     __slots__ = ("_state", "name")
@@ -117,7 +117,7 @@ class MapperChain:
     async def map(
         self, identity: Identity, *, resolve_private_dns: PrivateDnsResolver | None = None
     ) -> MapResult:
-        """Map a verified identity to a Kubernetes user (mapping.md section 1).
+        """Map a verified identity to a Kubernetes user (mapping 1 in docs/upstream-compat.md).
 
         Args:
             identity: who STS says signed the token.
@@ -158,7 +158,7 @@ class MapperChain:
             return None
 
     def _user(self, identity: Identity, username: str, groups: tuple[str, ...]) -> User:
-        """Build the user with upstream's uid and extra (server.md section 3)."""
+        """Build the user with upstream's uid and extra (server 3 in docs/upstream-compat.md)."""
         if identity.account_id in self._scrubbed:
             uid = f"aws-iam-authenticator:administrative:{username}"
             return User(username=username, uid=uid, groups=groups, extra={})
@@ -214,7 +214,10 @@ async def _private_dns(identity: Identity, resolve: PrivateDnsResolver | None) -
 
 
 def _check_reserved(name: str, username: str, prefixes: tuple[str, ...]) -> None:
-    """Deny a rendered username that starts with a reserved prefix (mapping.md section 7)."""
+    """Deny a rendered username that starts with a reserved prefix.
+
+    See mapping 7 in docs/upstream-compat.md.
+    """
     if any(p and username.startswith(p) for p in prefixes):
         raise ReservedPrefixError(
             f"invalid username '{username}' for mapper {name}: username must not begin with "

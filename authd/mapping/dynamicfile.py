@@ -1,4 +1,6 @@
-"""Parse upstream's DynamicFile JSON into an immutable mapping table (mapping.md section 4).
+"""Parse upstream's DynamicFile JSON into an immutable mapping table.
+
+See mapping 4 in docs/upstream-compat.md.
 
 Only parsing lives here; reading, watching and swapping the file belong to the reloader. Key
 names are matched case-insensitively, as Go's `encoding/json` does; unknown keys are ignored
@@ -295,7 +297,7 @@ def _index_plain(items: list[Any], rows: dict[str, _Row], *, arn_key: str, stric
             continue
         key = arn.lower()
         fields = key.split(":", 5)
-        # IAM user, role and root ARNs are their own canonical form (arn.md R5).
+        # IAM user, role and root ARNs are their own canonical form (R5 in docs/upstream-compat.md).
         if (
             len(fields) != 6
             or fields[0] != "arn"

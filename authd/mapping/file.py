@@ -1,4 +1,6 @@
-"""The MountedFile backend's table: mappings from the server config file (mapping.md section 2).
+"""The MountedFile backend's table: mappings from the server config file.
+
+See mapping 2 in docs/upstream-compat.md.
 
 Lookups are dictionary hits on the lower-cased canonical ARN: roles first, then SSO
 permission-set patterns (only with the `SSORoleMatch` gate), then users. Duplicate ARNs: the
@@ -61,7 +63,7 @@ class MountedFileTable:
         if entry is not None:
             return entry
         if self.sso:
-            # The resource is everything after the fifth colon (arn.md R2).
+            # The resource is everything after the fifth colon (R2 in docs/upstream-compat.md).
             fields = key.split(":", 5)
             head, resource = ":".join(fields[:5]) + ":", fields[-1]
             for prefix, candidate in self.sso.get(head, ()):

@@ -1,4 +1,4 @@
-"""Render username and group templates from an identity (mapping.md section 6).
+"""Render username and group templates from an identity (mapping 6 in docs/upstream-compat.md).
 
 Plain substring replacement of every occurrence, in upstream's order; an unknown `{{...}}`
 stays literal. `{{EC2PrivateDNSName}}` needs an EC2 lookup, which the caller performs (after

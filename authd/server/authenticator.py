@@ -61,8 +61,8 @@ class Authenticator:
         """Wire the review steps.
 
         Args:
-            protection: STS cache, rate limit, retries and deadline; authd.md's defaults when
-                None.
+            protection: STS cache, rate limit, retries and deadline; the defaults of
+                authd 1 in docs/upstream-compat.md when None.
             resolve_private_dns: instance ID -> private DNS name for `{{EC2PrivateDNSName}}`
                 (`authd.server.ec2`); such templates are refused when None.
 

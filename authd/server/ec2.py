@@ -50,7 +50,9 @@ Raises Ec2Error when EC2 cannot answer. Runs in a worker thread."""
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ec2Limits:
-    """Batching, rate, concurrency and cache bounds; defaults are upstream's and authd.md's.
+    """Batching, rate, concurrency and cache bounds; defaults are upstream's and authd's.
+
+    See authd 1 in docs/upstream-compat.md.
 
     Attributes:
         qps, burst: DescribeInstances calls a second on average, and at once.
@@ -336,7 +338,10 @@ def _proxied_client(
 async def open_server_private_dns_names(
     settings: ServerSettings, *, region: str, metrics: Metrics, proxies: Proxies
 ) -> AsyncIterator[PrivateDnsNames]:
-    """The server's running lookup, configured from its flags (authd.md section 1)."""
+    """The server's running lookup, configured from its flags.
+
+    See authd 1 in docs/upstream-compat.md.
+    """
     limits = Ec2Limits(
         qps=settings.ec2_describe_instances_qps,
         burst=settings.ec2_describe_instances_burst,

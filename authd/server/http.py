@@ -1,8 +1,9 @@
 """A small HTTP/1.1 server: h11 driven directly on trio streams (TLS or plain), with limits.
 
 One task per connection reads a request head and body, awaits the handler, and writes the
-response; keep-alive and pipelining follow h11's state machine. The limits of authd.md section 8
-are enforced here, so a handler only ever sees a complete, bounded request:
+response; keep-alive and pipelining follow h11's state machine. The limits of
+authd 8 in docs/upstream-compat.md are enforced here, so a handler only ever sees a complete,
+bounded request:
 
 - head larger than `max_head_bytes` -> 431; body larger than `max_body_bytes` -> 413 (checked
   from Content-Length before reading, and while reading chunked bodies);
@@ -59,7 +60,10 @@ _log = structlog.get_logger("authd.server.http")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Bounds on what one client can make the server hold (authd.md section 8). Seconds, bytes."""
+    """Bounds on what one client can make the server hold. Seconds, bytes.
+
+    See authd 8 in docs/upstream-compat.md.
+    """
 
     max_head_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024

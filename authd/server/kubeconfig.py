@@ -1,9 +1,9 @@
 """The webhook kubeconfig kube-apiserver reads to reach authd, in upstream's exact text.
 
 kube-apiserver's `--authentication-token-webhook-config-file` points at this file. The text is
-byte for byte what the Go tool writes (server.md section 5), so tools that diff or template it keep
-working; the CA data is the base64 of the PEM of the serving certificate (the first one in the
-file, as upstream takes `Certificate[0]`).
+byte for byte what the Go tool writes (server 5 in docs/upstream-compat.md), so tools that diff or
+template it keep working; the CA data is the base64 of the PEM of the serving certificate (the first
+one in the file, as upstream takes `Certificate[0]`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The server's own AWS region (authd.md section 3): env, then instance metadata, then us-east-1."""
+"""The server's own AWS region: env, then instance metadata, then us-east-1.
+
+See authd 3 in docs/upstream-compat.md.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 watchdog's inotify observer runs in its own thread; its events enter trio only through
 `trio.from_thread.run_sync(..., trio_token=...)`. authd watches the directory that holds a file,
-never the file itself, because files are rarely edited in place (style.md item 5,
+never the file itself, because files are rarely edited in place (docs/reload.md,
 kubernetes/kubernetes#112677):
 
 - editors write a temporary file and rename it over the old one (a new inode);

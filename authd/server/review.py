@@ -82,7 +82,7 @@ def allow(api_version: str, user: User) -> bytes:
 
 
 def deny(api_version: str, *, reason: str, message: str) -> bytes:
-    """A refusal; `status.error` is `<reason>: <message>` (authd.md section 4)."""
+    """A refusal; `status.error` is `<reason>: <message>` (authd 4 in docs/upstream-compat.md)."""
     return _answer(
         api_version, {"authenticated": False, "user": {}, "error": f"{reason}: {message}"}
     )

@@ -1,10 +1,10 @@
 """The webhook's TLS key pair: reuse the one in the state dir, or make and save a self-signed one.
 
-Upstream's rules (server.md section 4): when both `cert.pem` and `key.pem` exist they are used as
-they are, whoever made them (kops' nodeup writes a CA-signed pair, key in PKCS#1 or PKCS#8); a pair
-that does not load is an error, never a reason to overwrite it. When either is missing, a new
-self-signed RSA 2048 pair valid for 100 years is written. authd also puts `localhost`, `127.0.0.1`
-and `::1` in every new certificate, so local health checks can verify it.
+Upstream's rules (server 4 in docs/upstream-compat.md): when both `cert.pem` and `key.pem` exist
+they are used as they are, whoever made them (kops' nodeup writes a CA-signed pair, key in PKCS#1 or
+PKCS#8); a pair that does not load is an error, never a reason to overwrite it. When either is
+missing, a new self-signed RSA 2048 pair valid for 100 years is written. authd also puts
+`localhost`, `127.0.0.1` and `::1` in every new certificate, so local health checks can verify it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A loopback front that makes `moto_server` answer presigned STS calls the way real STS does.
 
-moto routes a request by its `Authorization` header and checks no signature (testing.md). A
-presigned `GET /?Action=GetCallerIdentity&X-Amz-...` has no such header, so bare moto answers it
-as S3, and it would accept a token signed for another cluster. This front, a plain threaded HTTP
-server in the test process, sits where STS would be:
+moto routes a request by its `Authorization` header and checks no signature
+(moto in docs/upstream-compat.md). A presigned `GET /?Action=GetCallerIdentity&X-Amz-...` has no
+such header, so bare moto answers it as S3, and it would accept a token signed for another cluster.
+This front, a plain threaded HTTP server in the test process, sits where STS would be:
 
 - a presigned GET (`X-Amz-Signature` in the query): recompute the SigV4 query signature with the
   secret of its access key and answer 403 `SignatureDoesNotMatch` (or `InvalidClientTokenId` for
@@ -82,7 +82,8 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 def query_signature(
     *, method: str, path: str, params: list[tuple[str, str]], headers: dict[str, str], secret: str
 ) -> str:
-    """Recompute a SigV4 query signature as STS does (the canonical request of testing.md).
+    """Recompute a SigV4 query signature as STS does (the canonical request under
+    moto in docs/upstream-compat.md).
 
     `params` are the decoded query pairs, `headers` the received headers with lower-case names.
     """

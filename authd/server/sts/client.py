@@ -1,8 +1,8 @@
 """Ask STS who signed a verified presigned request, and turn its answer into an Identity.
 
-The one network adapter for GetCallerIdentity (token.md E): a single GET over an injected
-`httpx.AsyncClient`, classified into the error kinds of authd.md section 4. Retries, caching
-and rate limits belong to the caller.
+The one network adapter for GetCallerIdentity (E in docs/upstream-compat.md): a single GET over an
+injected `httpx.AsyncClient`, classified into the error kinds of authd 4 in docs/upstream-compat.md.
+Retries, caching and rate limits belong to the caller.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _cause(exc: Exception) -> str:
 
 
 def _status_error(status: int, body: bytes, region: str) -> StsError:
-    """Classify a non-200 answer (token.md E3, authd.md section 4)."""
+    """Classify a non-200 answer (E3, authd 4 in docs/upstream-compat.md)."""
     text = body.decode("utf-8", "replace")
     if status == 429 or "Throttling" in text:
         return StsThrottledError(_shorten(text), status=status)
@@ -234,10 +234,11 @@ def _shorten(text: str) -> str:
 
 
 def parse_identity(body: bytes, content_type: str, *, access_key_id: str, host: str) -> Identity:
-    """Turn a 200 GetCallerIdentity answer into an Identity (token.md E4-E5).
+    """Turn a 200 GetCallerIdentity answer into an Identity (E4-E5 in docs/upstream-compat.md).
 
-    Real STS answers JSON when asked; moto answers XML whatever is asked (testing.md), so the
-    body's first character decides. JSON field names match in any case, as Go's decoder does.
+    Real STS answers JSON when asked; moto answers XML whatever is asked
+    (moto in docs/upstream-compat.md), so the body's first character decides. JSON field names match
+    in any case, as Go's decoder does.
 
     Raises:
         StsUnavailableError: the body is neither such JSON nor such XML.
@@ -251,7 +252,10 @@ def parse_identity(body: bytes, content_type: str, *, access_key_id: str, host: 
 
 
 def _unreadable(problem: str, content_type: str) -> StsUnavailableError:
-    """A 200 we cannot read is transient (authd.md section 4): the caller may retry."""
+    """A 200 we cannot read is transient: the caller may retry.
+
+    See authd 4 in docs/upstream-compat.md.
+    """
     kind = content_type or "no content type"
     return StsUnavailableError(
         f"unreadable GetCallerIdentity answer ({kind}): {problem}", status=200

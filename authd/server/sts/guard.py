@@ -38,7 +38,7 @@ from authd.token import PresignedRequest
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StsProtection:
-    """How STS is protected; defaults are authd.md section 1's.
+    """How STS is protected; defaults are those of authd 1 in docs/upstream-compat.md.
 
     Attributes:
         timeout: seconds for one review's STS work, retries and rotation included.

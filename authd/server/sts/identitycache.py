@@ -74,7 +74,8 @@ class IdentityCache:
     def get(self, key: bytes, *, now: datetime) -> CachedIdentity | None:
         """The entry for `key` if it is still valid at `now`, marking it recently used.
 
-        A token is valid up to and including `expires_at` (token.md C16), so is its entry.
+        A token is valid up to and including `expires_at` (C16 in docs/upstream-compat.md), so is
+        its entry.
         """
         entry = self._entries.get(key)
         if entry is None:
