@@ -1,0 +1,601 @@
+"""A fake kube-apiserver over real HTTPS on 127.0.0.1: discovery, CRUD, list/watch, test controls.
+
+`FakeApiServer` serves ConfigMaps (and read-only Namespaces) and the custom resources of the
+CRDs it is given (by default IAMIdentityMapping from `config/crd-iamidentitymapping.yaml`) with
+the wire protocol a real server speaks, so kubectl and any client can drive it. Watches are
+`Transfer-Encoding: chunked` streams of one JSON event per line. The methods under "test
+controls" are thread-safe and change what clients see: compaction, dropped or stalled watches,
+bookmarks, injected failures, tokens and grants, and writes "by another client".
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import socket
+import ssl
+import tempfile
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.kube import discovery, status
+from tests.fakes.kube.auth import TokenReviewer, User, WebhookClient, webhook_user
+from tests.fakes.kube.discovery import NAMESPACES
+from tests.fakes.kube.registry import Registry, stamp
+from tests.fakes.kube.resources import CONFIGMAPS, CRD_FILE, ResourceType, load_crd
+from tests.fakes.kube.store import Store, rtype_id
+from tests.fakes.kube.tls import serving_cert
+from tests.fakes.kube.watch import WatchControls, WatchStream
+from tests.fakes.loopback import LoopbackServer
+
+Doc = dict[str, Any]
+SELF_SUBJECT_REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+ADMIN_TOKEN = "fake-admin-token"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the server saw it: method, path, query (last value per key), user, status."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    user: str | None
+    status: int
+    content_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    rtype: ResourceType
+    namespace: str | None
+    name: str
+    subresource: str
+
+
+@dataclass
+class _Failure:
+    code: int
+    count: int
+    verb: str | None
+    resource: str | None
+
+
+class FakeApiServer:
+    """HTTPS on 127.0.0.1 port 0; `start()` (or `with`), then use `url`, `ca_file`, a token."""
+
+    def __init__(
+        self,
+        webhook_kubeconfig: Path | None = None,
+        *,
+        tokens: Mapping[str, User] | None = None,
+        crds: Iterable[Path] = (CRD_FILE,),
+        namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease"),
+        clock: Callable[[], datetime.datetime] | None = None,
+        watch_expired_as: str = "event",
+        bookmark_interval: float | None = None,
+    ) -> None:
+        self.webhook: TokenReviewer | None = (
+            WebhookClient(webhook_kubeconfig) if webhook_kubeconfig is not None else None
+        )
+        self._dir = tempfile.TemporaryDirectory(prefix="fake-apiserver-")
+        self.ca_file, key_file = serving_cert(Path(self._dir.name))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.ca_file, key_file)
+        self._context = context
+        self._server: LoopbackServer | None = None
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.store = Store()
+        self.registry = Registry(self.store, clock=self.clock)
+        self.resources: list[ResourceType] = [CONFIGMAPS, NAMESPACES]
+        self.resources += [load_crd(Path(p)) for p in crds]
+        self.watch = WatchControls(
+            self.store, expired_as=watch_expired_as, bookmark_interval=bookmark_interval
+        )
+        self._tokens: dict[str, User] = dict(
+            tokens
+            if tokens is not None
+            else {ADMIN_TOKEN: User(name="kubernetes-admin", groups=("system:masters",))}
+        )
+        self._failures: list[_Failure] = []
+        self._requests: list[RequestRecord] = []
+        for ns in namespaces:
+            self.put_object(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": ns},
+                    "status": {"phase": "Active"},
+                }
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """`https://127.0.0.1:<port>`."""
+        assert self._server is not None, "start() first"
+        return self._server.url
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._server = LoopbackServer(_handler_for(self), tls=self._context)
+
+    def stop(self) -> None:
+        """End every watch cleanly, stop serving and remove the certificate files."""
+        self.watch.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> FakeApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client-side TLS context that trusts this server's certificate."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def write_kubeconfig(
+        self, path: Path, *, token: str = ADMIN_TOKEN, namespace: str = "default"
+    ) -> Path:
+        """A kubeconfig for this server (CA file and bearer token) at `path`; returns `path`."""
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "fake",
+                            "cluster": {
+                                "server": self.url,
+                                "certificate-authority": str(self.ca_file),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "fake", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                        }
+                    ],
+                    "current-context": "fake",
+                }
+            )
+        )
+        return path
+
+    # -- test controls -----------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every request so far, oldest first (a copy)."""
+        with self.store.cond:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        with self.store.cond:
+            self._requests.clear()
+
+    def set_tokens(self, tokens: Mapping[str, User]) -> None:
+        """Replace the token table."""
+        with self.store.cond:
+            self._tokens = dict(tokens)
+
+    def add_token(self, token: str, user: User) -> None:
+        """Add or replace one token."""
+        with self.store.cond:
+            self._tokens[token] = user
+
+    def forbid(self, token: str, *verbs: str, resource: str) -> None:
+        """Take `verbs` (or `*`) on `resource` away from `token` (403 from now on)."""
+        with self.store.cond:
+            user = self._tokens[token]
+            denied = user.denied | {(v, resource) for v in verbs}
+            self._tokens[token] = User(
+                name=user.name,
+                groups=user.groups,
+                rules=user.rules,
+                denied=denied,
+                extra=user.extra,
+            )
+
+    def fail_next(
+        self,
+        code: int = 500,
+        count: int = 1,
+        *,
+        verb: str | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """Answer the next `count` resource requests (matching `verb`/`resource`) with `code`."""
+        with self.store.cond:
+            self._failures.append(_Failure(code, count, verb, resource))
+
+    def compact(self) -> int:
+        """Drop the event history: watches and lists from older resourceVersions get 410."""
+        return self.store.compact()
+
+    def drop_watches(self, *, mid_event: bool = False) -> None:
+        """Cut every open watch without the closing chunk (with half a JSON line if `mid_event`)."""
+        self.watch.drop(mid_event=mid_event)
+
+    def end_watches(self) -> None:
+        """End every open watch cleanly, as a server-side timeout does."""
+        self.watch.end()
+
+    def stall_watches(self, seconds: float | None = None) -> None:
+        """Send nothing on any watch for `seconds` (None: until `release_watches()`)."""
+        self.watch.stall(seconds)
+
+    def release_watches(self) -> None:
+        """End a stall; queued events flow again."""
+        self.watch.stall(0)
+
+    def bookmark(self) -> None:
+        """Send a BOOKMARK now on every watch that allowed bookmarks."""
+        self.watch.bookmark()
+
+    def wait_for_watches(self, count: int, timeout: float = 10) -> bool:
+        """Block until at least `count` watches are open; False on timeout."""
+        return self.watch.wait_open(count, timeout)
+
+    @property
+    def resource_version(self) -> str:
+        """The newest resourceVersion, as a string."""
+        with self.store.cond:
+            return str(self.store.rv)
+
+    def resource(self, kind: str) -> ResourceType:
+        """The served type with this kind or plural."""
+        for rtype in self.resources:
+            if kind in (rtype.kind, rtype.plural):
+                return rtype
+        raise KeyError(kind)
+
+    def put_object(self, obj: Doc) -> Doc:
+        """Create or replace `obj` as another client would (status included, no checks)."""
+        rtype = self.resource(obj["kind"])
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if rtype.namespaced:
+            meta.setdefault("namespace", "default")
+        with self.store.cond:
+            old = self.store.get(rtype, meta.get("namespace", ""), meta["name"])
+            if old is None:
+                meta["uid"] = meta.get("uid") or str(uuid.uuid4())
+                meta["creationTimestamp"] = stamp(self.clock())
+                if rtype.custom:
+                    meta["generation"] = 1
+            else:
+                for field in ("uid", "creationTimestamp", "generation"):
+                    if field in old["metadata"]:
+                        meta[field] = old["metadata"][field]
+                if rtype.custom and obj.get("spec") != old.get("spec"):
+                    meta["generation"] = old["metadata"].get("generation", 1) + 1
+            return self.store.write(rtype, obj)
+
+    def delete_object(self, kind: str, name: str, namespace: str = "") -> Doc:
+        """Delete an object as another client would; returns its last state."""
+        rtype = self.resource(kind)
+        ns = (namespace or "default") if rtype.namespaced else ""
+        return self.store.write(rtype, None, key=(rtype_id(rtype), ns, name))
+
+    def get_object(self, kind: str, name: str, namespace: str = "") -> Doc | None:
+        """The stored object, or None."""
+        rtype = self.resource(kind)
+        return self.store.get(rtype, (namespace or "default") if rtype.namespaced else "", name)
+
+    # -- request handling (called from handler threads) --------------------------------------
+
+    def _authenticate(self, header: str) -> User:
+        token = header[7:].strip() if header.startswith("Bearer ") else ""
+        if not token:
+            raise status.unauthorized()
+        with self.store.cond:
+            user = self._tokens.get(token)
+        if user is None and self.webhook is not None:
+            answer = self.webhook.review(token)
+            user = webhook_user(answer) if answer is not None else None
+        if user is None:
+            raise status.unauthorized()
+        return user
+
+    def _injected(self, verb: str, resource: str) -> status.ApiError | None:
+        with self.store.cond:
+            for failure in self._failures:
+                if (
+                    failure.count > 0
+                    and failure.verb in (None, verb)
+                    and failure.resource in (None, resource)
+                ):
+                    failure.count -= 1
+                    self._failures = [f for f in self._failures if f.count > 0]
+                    return status.injected(failure.code)
+        return None
+
+    def _record(self, record: RequestRecord) -> None:
+        with self.store.cond:
+            self._requests.append(record)
+
+    def _discovery(self, path: str, address: str) -> Doc | None:
+        groups: dict[str, list[str]] = {}
+        for rtype in self.resources:
+            if rtype.group:
+                groups.setdefault(rtype.group, []).append(rtype.version)
+        core = [r for r in self.resources if not r.group]
+        if path == "/api":
+            return discovery.api_versions(address)
+        if path == "/api/v1":
+            return discovery.resource_list("v1", core)
+        if path == "/apis":
+            return discovery.api_group_list(groups)
+        if path == "/version":
+            return dict(discovery.KUBE_VERSION)
+        if path == "/openapi/v3":
+            return discovery.openapi_index(["v1", *(f"{g}/{v[0]}" for g, v in groups.items())])
+        if path == "/openapi/v3/api/v1":
+            return discovery.openapi_document(core)
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["openapi", "v3"] and len(parts) == 5 and parts[2] == "apis":
+            found = [r for r in self.resources if r.group == parts[3] and r.version == parts[4]]
+            return discovery.openapi_document(found) if found else None
+        if parts[0] == "apis" and len(parts) == 2 and parts[1] in groups:
+            return discovery.api_group(parts[1], groups[parts[1]])
+        if parts[0] == "apis" and len(parts) == 3:
+            found = [r for r in self.resources if r.group == parts[1] and r.version == parts[2]]
+            return discovery.resource_list(f"{parts[1]}/{parts[2]}", found) if found else None
+        return None
+
+    def _route(self, path: str) -> _Route | None:
+        parts = path.strip("/").split("/")
+        for rtype in self.resources:
+            base = rtype.base_path.strip("/").split("/")
+            if parts[: len(base)] != base:
+                continue
+            rest = parts[len(base) :]
+            namespace: str | None = None
+            if rtype.namespaced and len(rest) >= 3 and rest[0] == "namespaces":
+                namespace, rest = rest[1], rest[2:]
+            if not rest or rest[0] != rtype.plural or len(rest) > 3:
+                continue
+            if rtype.namespaced and namespace is None and len(rest) > 1:
+                return None
+            name = rest[1] if len(rest) > 1 else ""
+            sub = rest[2] if len(rest) > 2 else ""
+            if sub and not (sub == "status" and rtype.status_subresource):
+                return None
+            return _Route(rtype, namespace, name, sub)
+        return None
+
+
+def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
+    if method == "GET":
+        if route.name:
+            return "get"
+        return "watch" if query.get("watch") in ("1", "true", "True") else "list"
+    return {
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if route.name else "deletecollection",
+    }.get(method, method.lower())
+
+
+def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            del format, args
+
+        def do_GET(self) -> None:
+            self._serve()
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+        def _serve(self) -> None:
+            split = urlsplit(self.path)
+            self._query = {
+                k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()
+            }
+            self._path = split.path.rstrip("/") or "/"
+            self._user: User | None = None
+            self._content_type = self.headers.get("content-type", "").split(";")[0].strip()
+            body = self._read_body()
+            try:
+                self._user = api._authenticate(self.headers.get("authorization", ""))
+                self._dispatch(body)
+            except status.ApiError as error:
+                self._json(error.code, error.status)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                self.close_connection = True
+            except Exception:  # noqa: BLE001 - a fake's bug must surface as a 500, not a hang
+                traceback.print_exc()
+                self._json(
+                    500,
+                    status.failure(
+                        500, "InternalError", "Internal error occurred: fake apiserver bug"
+                    ),
+                )
+
+        def _read_body(self) -> bytes:
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            length = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _dispatch(self, body: bytes) -> None:
+            assert self._user is not None
+            if self.command == "POST" and self._path == SELF_SUBJECT_REVIEW:
+                # kubectl sends this request as protobuf; its spec is empty, so it is not read.
+                self._json(201, _self_subject_review(self._user.info()))
+                return
+            if self.command == "GET":
+                host, port = self.server.server_address[:2]
+                doc = api._discovery(self._path, f"{host}:{port}")
+                if doc is not None:
+                    self._json(200, doc)
+                    return
+            route = api._route(self._path)
+            if route is None:
+                raise status.no_route()
+            verb = _verb(self.command, route, self._query)
+            resource = route.rtype.plural + (f"/{route.subresource}" if route.subresource else "")
+            if not self._user.may(verb, resource, route.namespace, route.name):
+                raise status.forbidden(
+                    self._user.name, verb, route.rtype.group, resource, route.name, route.namespace
+                )
+            injected = api._injected(verb, route.rtype.plural)
+            if injected is not None:
+                raise injected
+            if route.rtype is NAMESPACES and verb not in ("get", "list", "watch"):
+                raise status.method_not_allowed(self.command)
+            self._resource(verb, route, body)
+
+        def _resource(self, verb: str, route: _Route, body: bytes) -> None:
+            rtype, ns, name = route.rtype, route.namespace or "", route.name
+            strict = self._query.get("fieldValidation") == "Strict"
+            dry_run = self._query.get("dryRun") == "All"
+            reg = api.registry
+            if verb == "watch":
+                WatchStream(self, api.watch, rtype, route.namespace, self._query).run()
+                return
+            if verb == "list":
+                doc = reg.list(rtype, route.namespace, self._query)
+                if discovery.wants_table(self.headers.get("accept", "")):
+                    doc = discovery.table(
+                        rtype,
+                        doc["items"],
+                        include=self._query.get("includeObject", "Metadata"),
+                        rv=doc["metadata"]["resourceVersion"],
+                        now=api.clock(),
+                    )
+                self._json(200, doc)
+            elif verb == "get":
+                obj = reg.get(rtype, ns if rtype.namespaced else "", name)
+                if discovery.wants_table(self.headers.get("accept", "")):
+                    obj = discovery.table(
+                        rtype,
+                        [obj],
+                        include=self._query.get("includeObject", "Metadata"),
+                        rv=obj["metadata"]["resourceVersion"],
+                        now=api.clock(),
+                    )
+                self._json(200, obj)
+            elif verb == "create":
+                if route.subresource:
+                    raise status.method_not_allowed(self.command)
+                self._json(
+                    201, reg.create(rtype, ns, self._decode(body), strict=strict, dry_run=dry_run)
+                )
+            elif verb == "update":
+                self._json(
+                    200,
+                    reg.update(
+                        rtype,
+                        ns,
+                        name,
+                        self._decode(body),
+                        subresource=route.subresource,
+                        strict=strict,
+                        dry_run=dry_run,
+                    ),
+                )
+            elif verb == "patch":
+                self._json(
+                    200,
+                    reg.patch(
+                        rtype,
+                        ns,
+                        name,
+                        self._content_type,
+                        self._decode(body, patch=True),
+                        subresource=route.subresource,
+                        strict=strict,
+                        dry_run=dry_run,
+                    ),
+                )
+            elif verb == "delete":
+                options = self._decode(body) if body else {}
+                self._json(200, reg.delete(rtype, ns, name, options, dry_run=dry_run))
+            elif verb == "deletecollection":
+                self._json(
+                    200, reg.delete_collection(rtype, route.namespace, self._query, dry_run=dry_run)
+                )
+            else:
+                raise status.method_not_allowed(self.command)
+
+        def _decode(self, body: bytes, *, patch: bool = False) -> Any:
+            if not patch and self._content_type not in ("", "application/json"):
+                raise status.unsupported_media(["application/json"])
+            try:
+                return json.loads(body)
+            except ValueError as exc:
+                raise status.bad_request(
+                    f"couldn't get version/kind; json parse error: {exc}"
+                ) from None
+
+        def _json(self, code: int, doc: Doc) -> None:
+            data = json.dumps(doc).encode()
+            self.record(code)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-cache, private")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def record(self, code: int) -> None:
+            """Log this request with its answer's status."""
+            api._record(
+                RequestRecord(
+                    self.command,
+                    self._path,
+                    dict(self._query),
+                    self._user.name if self._user else None,
+                    code,
+                    self._content_type,
+                )
+            )
+
+        def abort(self) -> None:
+            """Close the connection now, without a closing chunk or TLS close_notify."""
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    return Handler
+
+
+def _self_subject_review(user: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": None},
+        "status": {"userInfo": user},
+    }
