@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         log.warning(warning)
     region = resolve_region(env)
     try:
-        trio.run(lambda: run_server(settings, region=region))
+        trio.run(lambda: run_server(settings, region=region, env=env))
     except ExceptionGroup as group:
         # trio's nurseries wrap even a single error; a start-up failure is one AuthdError
         # (a busy port, a bad certificate) that the CLI prints as one line, exit 1.

@@ -42,8 +42,10 @@ from authd.names import (
 from authd.token import sts_origin
 
 
-def _backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
-    """Validate the backend list as upstream does; return canonical names, in order.
+def parse_backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
+    """Validate a backend list as upstream does; return canonical names, in order.
+
+    Used for `--backend-mode` and for the dynamic backend-mode file.
 
     Raises:
         ConfigError: the aggregate of `not a valid mode`, `has duplicates`, `at least one`.
@@ -347,7 +349,7 @@ class ServerSettings:
             raise ConfigError("dynamicfile is set in backend-mode but dynamicfilepath is not set")
         if "DynamicFile" not in raw_modes and values["dynamicfile_path"]:
             raise ConfigError("dynamicfile is not set in backend-mode but dynamicfilepath is set")
-        backend_mode = _backend_modes(raw_modes, warnings)
+        backend_mode = parse_backend_modes(raw_modes, warnings)
         for setting in _SETTINGS:
             if setting.attr not in values:
                 values[setting.attr] = _resolve_one(src, setting.attr)

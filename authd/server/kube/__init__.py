@@ -9,7 +9,7 @@ runs under trio), with no Kubernetes library underneath (docs/kubernetes.md says
 - `client`: list, watch, get, create, replace and status patch on API paths, errors translated.
 - `informer`: list then watch one collection, keeping the current set of objects.
 
-The error classes live here until they move into `authd/errors.py`:
+The error classes live in `authd/errors.py` and are re-exported here:
 
     AuthdError
     └── KubeError                  the API server could not be reached or refused a request
@@ -22,9 +22,7 @@ The error classes live here until they move into `authd/errors.py`:
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
-from authd.errors import AuthdError
+from authd.errors import Conflict, Forbidden, Gone, KubeError, NotFound, Unauthorized
 
 __all__ = [
     "Conflict",
@@ -35,66 +33,6 @@ __all__ = [
     "Unauthorized",
     "error_for",
 ]
-
-
-class KubeError(AuthdError):
-    """A Kubernetes API request failed: transport, an unexpected status, or an unreadable answer.
-
-    `verb` (list, watch, get, create, replace, patch_status, or "connect" for configuration)
-    and `path` say which request; `status` is the HTTP status (None when no answer came);
-    `detail` is the server's Status message or the transport's error. `str()` names them all.
-    """
-
-    reason = "kube_error"
-
-    def __init__(self, detail: str, *, verb: str = "", path: str = "", status: int | None = None):
-        self.detail = detail
-        self.verb = verb
-        self.path = path
-        self.status = status
-        where = f"{verb} {path}: " if verb or path else ""
-        super().__init__(f"{where}{self.summary}")
-
-    @property
-    def summary(self) -> str:
-        """`<code> <phrase>: <detail>` (`403 Forbidden: ...`) if answered, else `detail`."""
-        if self.status is None:
-            return self.detail
-        try:
-            phrase = HTTPStatus(self.status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        return f"{self.status} {phrase}: {self.detail}"
-
-
-class Unauthorized(KubeError):
-    """401: the API server does not accept the credentials (or none were sent)."""
-
-    reason = "kube_unauthorized"
-
-
-class Forbidden(KubeError):
-    """403: the credentials are accepted but RBAC does not grant the verb on the resource."""
-
-    reason = "kube_forbidden"
-
-
-class NotFound(KubeError):
-    """404: no such object or resource (for a CRD: not installed)."""
-
-    reason = "kube_not_found"
-
-
-class Conflict(KubeError):
-    """409: the object changed since it was read (stale resourceVersion), or already exists."""
-
-    reason = "kube_conflict"
-
-
-class Gone(KubeError):
-    """410: the resourceVersion is older than the server's history; the caller must list again."""
-
-    reason = "kube_gone"
 
 
 _BY_STATUS: dict[int, type[KubeError]] = {
