@@ -124,7 +124,8 @@ def watch(client: httpx.Client, path: str, **params: str) -> Any:
 
 @needs_kubectl
 def test_kubectl_applies_edits_and_deletes_aws_auth(api: FakeApiServer, kubectl: Kubectl) -> None:
-    """kubectl apply creates aws-auth, apply again sends a strategic merge patch, delete removes it."""
+    """kubectl apply creates aws-auth, applying an edit sends a strategic merge patch, delete
+    removes it."""
     assert "configmap/aws-auth created" in kubectl.ok("apply", "-f", "-", stdin=AWS_AUTH)
     got = json.loads(kubectl.ok("get", "-n", "kube-system", "configmap", "aws-auth", "-o", "json"))
     assert "rolearn: arn:aws:iam::111122223333:role/nodes" in got["data"]["mapRoles"]
@@ -175,7 +176,8 @@ def test_kubectl_manages_iamidentitymappings(api: FakeApiServer, kubectl: Kubect
 
 @needs_kubectl
 def test_kubectl_create_replace_and_conflicts(api: FakeApiServer, kubectl: Kubectl) -> None:
-    """create twice is AlreadyExists; replace with the current resourceVersion works, stale is Conflict."""
+    """create twice is AlreadyExists; replace with the current resourceVersion works and with a
+    stale one is Conflict."""
     kubectl.ok("create", "-f", "-", stdin=AWS_AUTH)
     again = kubectl("create", "-f", "-", stdin=AWS_AUTH)
     assert "(AlreadyExists)" in again.stderr
@@ -371,7 +373,7 @@ def test_compaction_expires_old_resource_versions(api: FakeApiServer, client: ht
 
 
 def test_dropped_watches_break_the_stream(api: FakeApiServer, client: httpx.Client) -> None:
-    """drop_watches() cuts a watch without the closing chunk, mid-event if asked: half a JSON line."""
+    """drop_watches() cuts a watch without the closing chunk; mid-event, after half a JSON line."""
     with watch(client, CM_PATH, resourceVersion=api.resource_version) as response:
         api.drop_watches()
         with pytest.raises(httpx.RemoteProtocolError):
@@ -409,12 +411,13 @@ def test_stalled_watches_send_nothing_until_released(
         }
     )
     quick = httpx.Timeout(10, read=0.3)
-    with client.stream(
-        "GET", CM_PATH, params={"watch": "1", "resourceVersion": start}, timeout=quick
-    ) as response:
-        with pytest.raises(httpx.ReadTimeout):
-            for _ in response.iter_raw():
-                pass
+    params = {"watch": "1", "resourceVersion": start}
+    with (
+        client.stream("GET", CM_PATH, params=params, timeout=quick) as response,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        for _ in response.iter_raw():
+            pass
     api.release_watches()
     with watch(client, CM_PATH, resourceVersion=start, timeoutSeconds="1") as response:
         assert [e["type"] for e in events(response)] == ["ADDED"]

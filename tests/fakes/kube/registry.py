@@ -248,7 +248,8 @@ class Registry:
         elif match == "Exact":
             if rv_param in ("", "0"):
                 raise status.bad_request(
-                    'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+                    'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden '
+                    'for resourceVersion "0"'
                 )
             rv = int(rv_param)
             items = self.store.snapshot(rtype, namespace, rv)
@@ -290,7 +291,8 @@ class Registry:
                 f"the API version in the data ({obj.get('apiVersion')}) does not match the "
                 f"expected API version ({rtype.api_version})"
                 if obj.get("apiVersion") != rtype.api_version
-                else f"the kind in the data ({obj.get('kind')}) does not match the expected kind ({rtype.kind})"
+                else f"the kind in the data ({obj.get('kind')}) does not match the expected "
+                f"kind ({rtype.kind})"
             )
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):

@@ -10,13 +10,14 @@ bookmarks, injected failures, tokens and grants, and writes "by another client".
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import functools
 import json
 import socket
 import ssl
 import tempfile
-import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -334,33 +335,33 @@ class FakeApiServer:
             self._requests.append(record)
 
     def _discovery(self, path: str, address: str) -> Doc | None:
+        """The discovery, version or OpenAPI document at `path`, or None."""
+        core = [r for r in self.resources if not r.group]
         groups: dict[str, list[str]] = {}
         for rtype in self.resources:
             if rtype.group:
                 groups.setdefault(rtype.group, []).append(rtype.version)
-        core = [r for r in self.resources if not r.group]
-        if path == "/api":
-            return discovery.api_versions(address)
-        if path == "/api/v1":
-            return discovery.resource_list("v1", core)
-        if path == "/apis":
-            return discovery.api_group_list(groups)
-        if path == "/version":
-            return dict(discovery.KUBE_VERSION)
-        if path == "/openapi/v3":
-            return discovery.openapi_index(["v1", *(f"{g}/{v[0]}" for g, v in groups.items())])
-        if path == "/openapi/v3/api/v1":
-            return discovery.openapi_document(core)
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["openapi", "v3"] and len(parts) == 5 and parts[2] == "apis":
-            found = [r for r in self.resources if r.group == parts[3] and r.version == parts[4]]
-            return discovery.openapi_document(found) if found else None
-        if parts[0] == "apis" and len(parts) == 2 and parts[1] in groups:
-            return discovery.api_group(parts[1], groups[parts[1]])
-        if parts[0] == "apis" and len(parts) == 3:
-            found = [r for r in self.resources if r.group == parts[1] and r.version == parts[2]]
-            return discovery.resource_list(f"{parts[1]}/{parts[2]}", found) if found else None
-        return None
+        docs: dict[str, Callable[[], Doc]] = {
+            "/api": lambda: discovery.api_versions(address),
+            "/api/v1": lambda: discovery.resource_list("v1", core),
+            "/apis": lambda: discovery.api_group_list(groups),
+            "/version": lambda: dict(discovery.KUBE_VERSION),
+            "/openapi/v3": lambda: discovery.openapi_index(
+                ["v1", *(f"{g}/{v}" for g, vs in groups.items() for v in vs)]
+            ),
+            "/openapi/v3/api/v1": lambda: discovery.openapi_document(core),
+        }
+        for group, versions in groups.items():
+            docs[f"/apis/{group}"] = functools.partial(discovery.api_group, group, versions)
+            for version in versions:
+                served = [r for r in self.resources if (r.group, r.version) == (group, version)]
+                gv = f"{group}/{version}"
+                docs[f"/apis/{gv}"] = functools.partial(discovery.resource_list, gv, served)
+                docs[f"/openapi/v3/apis/{gv}"] = functools.partial(
+                    discovery.openapi_document, served
+                )
+        build = docs.get(path)
+        return build() if build is not None else None
 
     def _route(self, path: str) -> _Route | None:
         parts = path.strip("/").split("/")
@@ -425,7 +426,7 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(error.code, error.status)
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 self.close_connection = True
-            except Exception:  # noqa: BLE001 - a fake's bug must surface as a 500, not a hang
+            except Exception:  # a fake's bug must surface as a 500, not a hang
                 traceback.print_exc()
                 self._json(
                     500,
@@ -454,8 +455,7 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(201, _self_subject_review(self._user.info()))
                 return
             if self.command == "GET":
-                host, port = self.server.server_address[:2]
-                doc = api._discovery(self._path, f"{host}:{port}")
+                doc = api._discovery(self._path, urlsplit(api.url).netloc)
                 if doc is not None:
                     self._json(200, doc)
                     return
@@ -466,7 +466,12 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             resource = route.rtype.plural + (f"/{route.subresource}" if route.subresource else "")
             if not self._user.may(verb, resource, route.namespace, route.name):
                 raise status.forbidden(
-                    self._user.name, verb, route.rtype.group, resource, route.name, route.namespace
+                    self._user.name,
+                    verb,
+                    group=route.rtype.group,
+                    plural=resource,
+                    name=route.name,
+                    namespace=route.namespace,
                 )
             injected = api._injected(verb, route.rtype.plural)
             if injected is not None:
@@ -584,10 +589,8 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
         def abort(self) -> None:
             """Close the connection now, without a closing chunk or TLS close_notify."""
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     return Handler
 
