@@ -537,3 +537,101 @@ def test_custom_resource_rules(api: FakeApiServer, client: httpx.Client) -> None
         "status": "Success",
         "details": {"name": "c", "kind": "configmaps", "uid": uid},
     }
+
+
+def configmap(name: str, namespace: str = "kube-system", **data: str) -> dict[str, Any]:
+    """A ConfigMap manifest."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+
+
+def test_list_resource_version_semantics(api: FakeApiServer, client: httpx.Client) -> None:
+    """resourceVersion "" and "0" read the latest state, Exact reads the past from history,
+    a resourceVersion the store has not reached is a 504 Timeout, and Exact is 410 after compact."""
+    api.put_object(configmap("a", v="1"))
+    first = api.resource_version
+    api.put_object(configmap("a", v="2"))
+    api.put_object(configmap("b"))
+    for rv in ("", "0", first):
+        latest = client.get(CM_PATH, params={"resourceVersion": rv}).json()
+        assert [o["data"] for o in latest["items"]] == [{"v": "2"}, {}]
+        assert latest["metadata"]["resourceVersion"] == api.resource_version
+    past = client.get(CM_PATH, params={"resourceVersion": first, "resourceVersionMatch": "Exact"})
+    assert [o["data"] for o in past.json()["items"]] == [{"v": "1"}]
+    assert past.json()["metadata"]["resourceVersion"] == first
+    api.registry.fresh_wait = 0.05
+    ahead = client.get(CM_PATH, params={"resourceVersion": str(int(api.resource_version) + 5)})
+    assert (ahead.status_code, ahead.json()["reason"]) == (504, "Timeout")
+    api.compact()
+    gone = client.get(CM_PATH, params={"resourceVersion": first, "resourceVersionMatch": "Exact"})
+    assert (gone.status_code, gone.json()["reason"]) == (410, "Expired")
+
+
+def test_periodic_bookmarks_follow_the_interval() -> None:
+    """With bookmark_interval set, an idle watch that allows bookmarks receives them unprompted."""
+    with (
+        FakeApiServer(bookmark_interval=0.1) as api,
+        httpx.Client(
+            base_url=api.url,
+            verify=api.client_context(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        ) as client,
+    ):
+        params = {"resourceVersion": api.resource_version, "allowWatchBookmarks": "1"}
+        with watch(client, CM_PATH, **params) as response:
+            stream = events(response)
+            marks = [next(stream), next(stream)]
+    assert [m["type"] for m in marks] == ["BOOKMARK", "BOOKMARK"]
+
+
+def test_patches_deletecollection_and_immutable(api: FakeApiServer, client: httpx.Client) -> None:
+    """JSON patch (with test ops), preconditioned delete, deletecollection by label, and the
+    `immutable` rule all behave as the real ConfigMap endpoint does."""
+    created = client.post(CM_PATH, json=configmap("p", k="v")).json()
+    ops = [
+        {"op": "test", "path": "/data/k", "value": "v"},
+        {"op": "add", "path": "/data/n", "value": "1"},
+    ]
+    patched = client.patch(
+        f"{CM_PATH}/p", json=ops, headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert patched.json()["data"] == {"k": "v", "n": "1"}
+    failed = client.patch(
+        f"{CM_PATH}/p",
+        json=[*ops[:1], {"op": "test", "path": "/data/k", "value": "x"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert failed.status_code == 422
+    stale = client.request(
+        "DELETE",
+        f"{CM_PATH}/p",
+        json={"preconditions": {"resourceVersion": created["metadata"]["resourceVersion"]}},
+    )
+    assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
+    frozen = client.post(CM_PATH, json={**configmap("frozen", k="v"), "immutable": True}).json()
+    frozen["data"] = {"k": "changed"}
+    refused = client.put(f"{CM_PATH}/frozen", json=frozen)
+    assert refused.status_code == 422
+    assert refused.json()["details"]["causes"][0]["field"] == "data"
+    for name in ("l1", "l2"):
+        body = configmap(name)
+        body["metadata"]["labels"] = {"sweep": "yes"}
+        client.post(CM_PATH, json=body)
+    swept = client.delete(CM_PATH, params={"labelSelector": "sweep=yes"}).json()
+    assert [o["metadata"]["name"] for o in swept["items"]] == ["l1", "l2"]
+    left = client.get(CM_PATH).json()["items"]
+    assert [o["metadata"]["name"] for o in left] == ["frozen", "p"]
+    wrong_ns = client.post(CM_PATH, json=configmap("w", namespace="default"))
+    assert wrong_ns.status_code == 400
+    missing_ns = client.post(
+        "/api/v1/namespaces/nope/configmaps", json=configmap("w", namespace="nope")
+    )
+    assert (missing_ns.status_code, missing_ns.json()["message"]) == (
+        404,
+        'namespaces "nope" not found',
+    )

@@ -55,6 +55,7 @@ class Registry:
     def __init__(self, store: Store, *, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        self.fresh_wait = 3.0  # how long a list waits for a resourceVersion not yet reached
 
     def get(self, rtype: ResourceType, namespace: str, name: str) -> Doc:
         """The object, or 404."""
@@ -279,7 +280,7 @@ class Registry:
 
     def _wait_for(self, rv: int) -> None:
         with self.store.cond:
-            if not self.store.cond.wait_for(lambda: self.store.rv >= rv, timeout=3):
+            if not self.store.cond.wait_for(lambda: self.store.rv >= rv, timeout=self.fresh_wait):
                 raise status.too_large(rv)
 
     def _check_body(self, rtype: ResourceType, namespace: str, body: Any) -> Doc:
