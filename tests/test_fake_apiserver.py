@@ -192,6 +192,20 @@ def test_kubectl_create_replace_and_conflicts(api: FakeApiServer, kubectl: Kubec
     stored = api.get_object("ConfigMap", "aws-auth", "kube-system")
     assert stored is not None
     assert stored["data"]["extra"] == "1"
+    roles = kubectl.tmp / "mapRoles"
+    roles.write_text("- rolearn: arn:aws:iam::111122223333:role/x\n  username: x\n")
+    kubectl.ok("create", "configmap", "from-file", "-n", "kube-system", f"--from-file={roles}")
+    assert api.requests[-1].content_type == "application/vnd.kubernetes.protobuf"
+    made = api.get_object("ConfigMap", "from-file", "kube-system")
+    assert made is not None
+    assert made["data"] == {"mapRoles": roles.read_text()}
+    assert set(made["metadata"]) == {
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+    }
 
 
 @needs_kubectl

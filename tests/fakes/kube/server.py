@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.kube import discovery, status
+from tests.fakes.kube import discovery, protobuf, status
 from tests.fakes.kube.auth import TokenReviewer, User, WebhookClient, webhook_user
 from tests.fakes.kube.discovery import NAMESPACES
 from tests.fakes.kube.registry import Registry, stamp
@@ -544,7 +544,9 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                     ),
                 )
             elif verb == "delete":
-                options = self._decode(body) if body else {}
+                # DeleteOptions from typed clients come as protobuf; only JSON ones are read.
+                json_body = body and self._content_type in ("", "application/json")
+                options = self._decode(body) if json_body else {}
                 self._json(200, reg.delete(rtype, ns, name, options, dry_run=dry_run))
             elif verb == "deletecollection":
                 self._json(
@@ -554,8 +556,10 @@ def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 raise status.method_not_allowed(self.command)
 
         def _decode(self, body: bytes, *, patch: bool = False) -> Any:
+            if not patch and self._content_type == protobuf.MEDIA_TYPE:
+                return protobuf.decode(body)
             if not patch and self._content_type not in ("", "application/json"):
-                raise status.unsupported_media(["application/json"])
+                raise status.unsupported_media(["application/json", protobuf.MEDIA_TYPE])
             try:
                 return json.loads(body)
             except ValueError as exc:
