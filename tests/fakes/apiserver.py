@@ -15,7 +15,8 @@ kube-apiserver cannot run here. `FakeApiServer` serves over HTTPS on 127.0.0.1:
 from __future__ import annotations
 
 from tests.fakes.kube.auth import User, WebhookClient, rule
-from tests.fakes.kube.server import ADMIN_TOKEN, SELF_SUBJECT_REVIEW, FakeApiServer, RequestRecord
+from tests.fakes.kube.handler import SELF_SUBJECT_REVIEW, RequestRecord
+from tests.fakes.kube.server import ADMIN_TOKEN, FakeApiServer
 from tests.fakes.kube.status import unauthorized
 from tests.fakes.kube.tls import serving_cert
 

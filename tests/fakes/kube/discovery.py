@@ -133,7 +133,6 @@ def openapi_document(rtypes: Sequence[ResourceType]) -> Doc:
         patch_types = ["application/json-patch+json", "application/merge-patch+json"]
         if not rtype.custom:
             patch_types.append("application/strategic-merge-patch+json")
-        patch_types.append("application/apply-patch+yaml")
         params = [
             {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
             for n in ("dryRun", "fieldManager", "fieldValidation", "force")

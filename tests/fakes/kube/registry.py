@@ -39,7 +39,6 @@ Clock = Callable[[], datetime.datetime]
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-APPLY = "application/apply-patch+yaml"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
