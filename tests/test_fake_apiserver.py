@@ -124,7 +124,8 @@ def watch(client: httpx.Client, path: str, **params: str) -> Any:
 
 @needs_kubectl
 def test_kubectl_applies_edits_and_deletes_aws_auth(api: FakeApiServer, kubectl: Kubectl) -> None:
-    """kubectl apply creates aws-auth, apply again sends a strategic merge patch, delete removes it."""
+    """kubectl apply creates aws-auth, applying an edit sends a strategic merge patch, delete
+    removes it."""
     assert "configmap/aws-auth created" in kubectl.ok("apply", "-f", "-", stdin=AWS_AUTH)
     got = json.loads(kubectl.ok("get", "-n", "kube-system", "configmap", "aws-auth", "-o", "json"))
     assert "rolearn: arn:aws:iam::111122223333:role/nodes" in got["data"]["mapRoles"]
@@ -175,7 +176,8 @@ def test_kubectl_manages_iamidentitymappings(api: FakeApiServer, kubectl: Kubect
 
 @needs_kubectl
 def test_kubectl_create_replace_and_conflicts(api: FakeApiServer, kubectl: Kubectl) -> None:
-    """create twice is AlreadyExists; replace with the current resourceVersion works, stale is Conflict."""
+    """create twice is AlreadyExists; replace with the current resourceVersion works and with a
+    stale one is Conflict."""
     kubectl.ok("create", "-f", "-", stdin=AWS_AUTH)
     again = kubectl("create", "-f", "-", stdin=AWS_AUTH)
     assert "(AlreadyExists)" in again.stderr
@@ -190,6 +192,20 @@ def test_kubectl_create_replace_and_conflicts(api: FakeApiServer, kubectl: Kubec
     stored = api.get_object("ConfigMap", "aws-auth", "kube-system")
     assert stored is not None
     assert stored["data"]["extra"] == "1"
+    roles = kubectl.tmp / "mapRoles"
+    roles.write_text("- rolearn: arn:aws:iam::111122223333:role/x\n  username: x\n")
+    kubectl.ok("create", "configmap", "from-file", "-n", "kube-system", f"--from-file={roles}")
+    assert api.requests[-1].content_type == "application/vnd.kubernetes.protobuf"
+    made = api.get_object("ConfigMap", "from-file", "kube-system")
+    assert made is not None
+    assert made["data"] == {"mapRoles": roles.read_text()}
+    assert set(made["metadata"]) == {
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+    }
 
 
 @needs_kubectl
@@ -371,7 +387,7 @@ def test_compaction_expires_old_resource_versions(api: FakeApiServer, client: ht
 
 
 def test_dropped_watches_break_the_stream(api: FakeApiServer, client: httpx.Client) -> None:
-    """drop_watches() cuts a watch without the closing chunk, mid-event if asked: half a JSON line."""
+    """drop_watches() cuts a watch without the closing chunk; mid-event, after half a JSON line."""
     with watch(client, CM_PATH, resourceVersion=api.resource_version) as response:
         api.drop_watches()
         with pytest.raises(httpx.RemoteProtocolError):
@@ -409,12 +425,13 @@ def test_stalled_watches_send_nothing_until_released(
         }
     )
     quick = httpx.Timeout(10, read=0.3)
-    with client.stream(
-        "GET", CM_PATH, params={"watch": "1", "resourceVersion": start}, timeout=quick
-    ) as response:
-        with pytest.raises(httpx.ReadTimeout):
-            for _ in response.iter_raw():
-                pass
+    params = {"watch": "1", "resourceVersion": start}
+    with (
+        client.stream("GET", CM_PATH, params=params, timeout=quick) as response,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        for _ in response.iter_raw():
+            pass
     api.release_watches()
     with watch(client, CM_PATH, resourceVersion=start, timeoutSeconds="1") as response:
         assert [e["type"] for e in events(response)] == ["ADDED"]
@@ -534,3 +551,101 @@ def test_custom_resource_rules(api: FakeApiServer, client: httpx.Client) -> None
         "status": "Success",
         "details": {"name": "c", "kind": "configmaps", "uid": uid},
     }
+
+
+def configmap(name: str, namespace: str = "kube-system", **data: str) -> dict[str, Any]:
+    """A ConfigMap manifest."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+
+
+def test_list_resource_version_semantics(api: FakeApiServer, client: httpx.Client) -> None:
+    """resourceVersion "" and "0" read the latest state, Exact reads the past from history,
+    a resourceVersion the store has not reached is a 504 Timeout, and Exact is 410 after compact."""
+    api.put_object(configmap("a", v="1"))
+    first = api.resource_version
+    api.put_object(configmap("a", v="2"))
+    api.put_object(configmap("b"))
+    for rv in ("", "0", first):
+        latest = client.get(CM_PATH, params={"resourceVersion": rv}).json()
+        assert [o["data"] for o in latest["items"]] == [{"v": "2"}, {}]
+        assert latest["metadata"]["resourceVersion"] == api.resource_version
+    past = client.get(CM_PATH, params={"resourceVersion": first, "resourceVersionMatch": "Exact"})
+    assert [o["data"] for o in past.json()["items"]] == [{"v": "1"}]
+    assert past.json()["metadata"]["resourceVersion"] == first
+    api.registry.fresh_wait = 0.05
+    ahead = client.get(CM_PATH, params={"resourceVersion": str(int(api.resource_version) + 5)})
+    assert (ahead.status_code, ahead.json()["reason"]) == (504, "Timeout")
+    api.compact()
+    gone = client.get(CM_PATH, params={"resourceVersion": first, "resourceVersionMatch": "Exact"})
+    assert (gone.status_code, gone.json()["reason"]) == (410, "Expired")
+
+
+def test_periodic_bookmarks_follow_the_interval() -> None:
+    """With bookmark_interval set, an idle watch that allows bookmarks receives them unprompted."""
+    with (
+        FakeApiServer(bookmark_interval=0.1) as api,
+        httpx.Client(
+            base_url=api.url,
+            verify=api.client_context(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        ) as client,
+    ):
+        params = {"resourceVersion": api.resource_version, "allowWatchBookmarks": "1"}
+        with watch(client, CM_PATH, **params) as response:
+            stream = events(response)
+            marks = [next(stream), next(stream)]
+    assert [m["type"] for m in marks] == ["BOOKMARK", "BOOKMARK"]
+
+
+def test_patches_deletecollection_and_immutable(api: FakeApiServer, client: httpx.Client) -> None:
+    """JSON patch (with test ops), preconditioned delete, deletecollection by label, and the
+    `immutable` rule all behave as the real ConfigMap endpoint does."""
+    created = client.post(CM_PATH, json=configmap("p", k="v")).json()
+    ops = [
+        {"op": "test", "path": "/data/k", "value": "v"},
+        {"op": "add", "path": "/data/n", "value": "1"},
+    ]
+    patched = client.patch(
+        f"{CM_PATH}/p", json=ops, headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert patched.json()["data"] == {"k": "v", "n": "1"}
+    failed = client.patch(
+        f"{CM_PATH}/p",
+        json=[*ops[:1], {"op": "test", "path": "/data/k", "value": "x"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert failed.status_code == 422
+    stale = client.request(
+        "DELETE",
+        f"{CM_PATH}/p",
+        json={"preconditions": {"resourceVersion": created["metadata"]["resourceVersion"]}},
+    )
+    assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
+    frozen = client.post(CM_PATH, json={**configmap("frozen", k="v"), "immutable": True}).json()
+    frozen["data"] = {"k": "changed"}
+    refused = client.put(f"{CM_PATH}/frozen", json=frozen)
+    assert refused.status_code == 422
+    assert refused.json()["details"]["causes"][0]["field"] == "data"
+    for name in ("l1", "l2"):
+        body = configmap(name)
+        body["metadata"]["labels"] = {"sweep": "yes"}
+        client.post(CM_PATH, json=body)
+    swept = client.delete(CM_PATH, params={"labelSelector": "sweep=yes"}).json()
+    assert [o["metadata"]["name"] for o in swept["items"]] == ["l1", "l2"]
+    left = client.get(CM_PATH).json()["items"]
+    assert [o["metadata"]["name"] for o in left] == ["frozen", "p"]
+    wrong_ns = client.post(CM_PATH, json=configmap("w", namespace="default"))
+    assert wrong_ns.status_code == 400
+    missing_ns = client.post(
+        "/api/v1/namespaces/nope/configmaps", json=configmap("w", namespace="nope")
+    )
+    assert (missing_ns.status_code, missing_ns.json()["message"]) == (
+        404,
+        'namespaces "nope" not found',
+    )

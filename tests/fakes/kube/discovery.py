@@ -133,7 +133,6 @@ def openapi_document(rtypes: Sequence[ResourceType]) -> Doc:
         patch_types = ["application/json-patch+json", "application/merge-patch+json"]
         if not rtype.custom:
             patch_types.append("application/strategic-merge-patch+json")
-        patch_types.append("application/apply-patch+yaml")
         params = [
             {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
             for n in ("dryRun", "fieldManager", "fieldValidation", "force")
@@ -179,7 +178,7 @@ def openapi_document(rtypes: Sequence[ResourceType]) -> Doc:
 
 def wants_table(accept: str) -> bool:
     """Does the Accept header ask for a meta.k8s.io Table first?"""
-    first = accept.split(",")[0].replace(" ", "")
+    first = accept.split(",", 1)[0].replace(" ", "")
     return "as=Table" in first and "g=meta.k8s.io" in first
 
 
@@ -288,6 +287,20 @@ def _cells(rtype: ResourceType, obj: Doc, now: datetime.datetime) -> list[Any]:
     return cells
 
 
+_DAY = 86400
+# (below this many seconds, the big unit, the optional small unit), as client-go's HumanDuration.
+_AGE_STEPS = (
+    (120, ("s", 1), None),
+    (600, ("m", 60), ("s", 1)),
+    (3 * 3600, ("m", 60), None),
+    (8 * 3600, ("h", 3600), ("m", 60)),
+    (2 * _DAY, ("h", 3600), None),
+    (8 * _DAY, ("d", _DAY), ("h", 3600)),
+    (2 * 365 * _DAY, ("d", _DAY), None),
+    (8 * 365 * _DAY, ("y", 365 * _DAY), ("d", _DAY)),
+)
+
+
 def human_age(stamp: str | None, now: datetime.datetime) -> str:
     """A creationTimestamp as kubectl's AGE column words it: `42s`, `3m12s`, `5h`, `12d`."""
     if not stamp:
@@ -297,20 +310,13 @@ def human_age(stamp: str | None, now: datetime.datetime) -> str:
     if seconds < -1:
         return "<invalid>"
     seconds = max(seconds, 0)
-    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
-    if seconds < 120:
-        return f"{seconds}s"
-    if minutes < 10:
-        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
-    if hours < 3:
-        return f"{minutes}m"
-    if hours < 8:
-        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 192:
-        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
-    return f"{days}d"
+    for below, (big, big_size), small in _AGE_STEPS:
+        if seconds < below:
+            text = f"{seconds // big_size}{big}"
+            if small is not None and (seconds % big_size) // small[1]:
+                text += f"{(seconds % big_size) // small[1]}{small[0]}"
+            return text
+    return f"{seconds // (365 * _DAY)}y"
 
 
 def _hash(text: str) -> str:

@@ -39,7 +39,6 @@ Clock = Callable[[], datetime.datetime]
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-APPLY = "application/apply-patch+yaml"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -55,6 +54,7 @@ class Registry:
     def __init__(self, store: Store, *, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        self.fresh_wait = 3.0  # how long a list waits for a resourceVersion not yet reached
 
     def get(self, rtype: ResourceType, namespace: str, name: str) -> Doc:
         """The object, or 404."""
@@ -248,7 +248,8 @@ class Registry:
         elif match == "Exact":
             if rv_param in ("", "0"):
                 raise status.bad_request(
-                    'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+                    'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden '
+                    'for resourceVersion "0"'
                 )
             rv = int(rv_param)
             items = self.store.snapshot(rtype, namespace, rv)
@@ -278,7 +279,7 @@ class Registry:
 
     def _wait_for(self, rv: int) -> None:
         with self.store.cond:
-            if not self.store.cond.wait_for(lambda: self.store.rv >= rv, timeout=3):
+            if not self.store.cond.wait_for(lambda: self.store.rv >= rv, timeout=self.fresh_wait):
                 raise status.too_large(rv)
 
     def _check_body(self, rtype: ResourceType, namespace: str, body: Any) -> Doc:
@@ -290,7 +291,8 @@ class Registry:
                 f"the API version in the data ({obj.get('apiVersion')}) does not match the "
                 f"expected API version ({rtype.api_version})"
                 if obj.get("apiVersion") != rtype.api_version
-                else f"the kind in the data ({obj.get('kind')}) does not match the expected kind ({rtype.kind})"
+                else f"the kind in the data ({obj.get('kind')}) does not match the expected "
+                f"kind ({rtype.kind})"
             )
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):

@@ -164,7 +164,9 @@ def _validate_configmap(
             seen.add(key)
             if not isinstance(value, str):
                 raise status.bad_request(
-                    f'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot unmarshal {type(value).__name__} into Go struct field ConfigMap.{field} of type string'
+                    'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot '
+                    f"unmarshal {_type_name(value)} into Go struct field ConfigMap.{field} of "
+                    "type string"
                 )
     if old is not None and old.get("immutable"):
         for field in ("data", "binaryData"):
@@ -191,7 +193,7 @@ def _validate_custom(
 ) -> Doc:
     schema = rtype.schema or {}
     unknown: list[str] = []
-    kept = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    kept: Doc = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     rest = {k: v for k, v in obj.items() if k not in kept}
     pruned = _prune(rest, schema, "", unknown)
     if unknown and strict:
@@ -218,8 +220,9 @@ def _prune(value: Doc, schema: Doc, path: str, unknown: list[str]) -> Doc:
             continue
         sub = props[key]
         if isinstance(item, dict) and sub.get("type") == "object":
-            item = _prune(item, sub, where, unknown)
-        out[key] = item
+            out[key] = _prune(item, sub, where, unknown)
+        else:
+            out[key] = item
     return out
 
 
@@ -251,16 +254,9 @@ def _check(value: Any, schema: Doc, path: str, causes: list[tuple[str, str, str]
 
 
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
+    for name, kind in (("boolean", bool), ("integer", int), ("number", float), ("string", str)):
+        if isinstance(value, kind):
+            return name
     if isinstance(value, list):
         return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return "object" if isinstance(value, dict) else "null"

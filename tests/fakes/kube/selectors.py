@@ -83,7 +83,8 @@ def field_selector(selector: str) -> Matcher:
             raise status.bad_request(f"invalid selector: '{selector}'; can't understand '{term}'")
         if field not in _FIELDS:
             raise status.bad_request(
-                f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                f'"{field}" is not a known field selector: only "metadata.name", '
+                '"metadata.namespace"'
             )
         terms.append((field, op != "!=", value))
 

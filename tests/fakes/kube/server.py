@@ -12,53 +12,29 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
-import socket
 import ssl
 import tempfile
-import threading
-import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.kube import discovery, status
 from tests.fakes.kube.auth import TokenReviewer, User, WebhookClient, webhook_user
 from tests.fakes.kube.discovery import NAMESPACES
+from tests.fakes.kube.handler import RequestRecord, Route, handler_for
 from tests.fakes.kube.registry import Registry, stamp
 from tests.fakes.kube.resources import CONFIGMAPS, CRD_FILE, ResourceType, load_crd
 from tests.fakes.kube.store import Store, rtype_id
 from tests.fakes.kube.tls import serving_cert
-from tests.fakes.kube.watch import WatchControls, WatchStream
+from tests.fakes.kube.watch import WatchControls
 from tests.fakes.loopback import LoopbackServer
 
 Doc = dict[str, Any]
-SELF_SUBJECT_REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 ADMIN_TOKEN = "fake-admin-token"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One request as the server saw it: method, path, query (last value per key), user, status."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    user: str | None
-    status: int
-    content_type: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    rtype: ResourceType
-    namespace: str | None
-    name: str
-    subresource: str
 
 
 @dataclass
@@ -127,7 +103,7 @@ class FakeApiServer:
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._server = LoopbackServer(_handler_for(self), tls=self._context)
+        self._server = LoopbackServer(handler_for(self), tls=self._context)
 
     def stop(self) -> None:
         """End every watch cleanly, stop serving and remove the certificate files."""
@@ -334,35 +310,35 @@ class FakeApiServer:
             self._requests.append(record)
 
     def _discovery(self, path: str, address: str) -> Doc | None:
+        """The discovery, version or OpenAPI document at `path`, or None."""
+        core = [r for r in self.resources if not r.group]
         groups: dict[str, list[str]] = {}
         for rtype in self.resources:
             if rtype.group:
                 groups.setdefault(rtype.group, []).append(rtype.version)
-        core = [r for r in self.resources if not r.group]
-        if path == "/api":
-            return discovery.api_versions(address)
-        if path == "/api/v1":
-            return discovery.resource_list("v1", core)
-        if path == "/apis":
-            return discovery.api_group_list(groups)
-        if path == "/version":
-            return dict(discovery.KUBE_VERSION)
-        if path == "/openapi/v3":
-            return discovery.openapi_index(["v1", *(f"{g}/{v[0]}" for g, v in groups.items())])
-        if path == "/openapi/v3/api/v1":
-            return discovery.openapi_document(core)
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["openapi", "v3"] and len(parts) == 5 and parts[2] == "apis":
-            found = [r for r in self.resources if r.group == parts[3] and r.version == parts[4]]
-            return discovery.openapi_document(found) if found else None
-        if parts[0] == "apis" and len(parts) == 2 and parts[1] in groups:
-            return discovery.api_group(parts[1], groups[parts[1]])
-        if parts[0] == "apis" and len(parts) == 3:
-            found = [r for r in self.resources if r.group == parts[1] and r.version == parts[2]]
-            return discovery.resource_list(f"{parts[1]}/{parts[2]}", found) if found else None
-        return None
+        docs: dict[str, Callable[[], Doc]] = {
+            "/api": lambda: discovery.api_versions(address),
+            "/api/v1": lambda: discovery.resource_list("v1", core),
+            "/apis": lambda: discovery.api_group_list(groups),
+            "/version": lambda: dict(discovery.KUBE_VERSION),
+            "/openapi/v3": lambda: discovery.openapi_index(
+                ["v1", *(f"{g}/{v}" for g, vs in groups.items() for v in vs)]
+            ),
+            "/openapi/v3/api/v1": lambda: discovery.openapi_document(core),
+        }
+        for group, versions in groups.items():
+            docs[f"/apis/{group}"] = functools.partial(discovery.api_group, group, versions)
+            for version in versions:
+                served = [r for r in self.resources if (r.group, r.version) == (group, version)]
+                gv = f"{group}/{version}"
+                docs[f"/apis/{gv}"] = functools.partial(discovery.resource_list, gv, served)
+                docs[f"/openapi/v3/apis/{gv}"] = functools.partial(
+                    discovery.openapi_document, served
+                )
+        build = docs.get(path)
+        return build() if build is not None else None
 
-    def _route(self, path: str) -> _Route | None:
+    def _route(self, path: str) -> Route | None:
         parts = path.strip("/").split("/")
         for rtype in self.resources:
             base = rtype.base_path.strip("/").split("/")
@@ -380,222 +356,5 @@ class FakeApiServer:
             sub = rest[2] if len(rest) > 2 else ""
             if sub and not (sub == "status" and rtype.status_subresource):
                 return None
-            return _Route(rtype, namespace, name, sub)
+            return Route(rtype, namespace, name, sub)
         return None
-
-
-def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
-    if method == "GET":
-        if route.name:
-            return "get"
-        return "watch" if query.get("watch") in ("1", "true", "True") else "list"
-    return {
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if route.name else "deletecollection",
-    }.get(method, method.lower())
-
-
-def _handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            del format, args
-
-        def do_GET(self) -> None:
-            self._serve()
-
-        do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-        def _serve(self) -> None:
-            split = urlsplit(self.path)
-            self._query = {
-                k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()
-            }
-            self._path = split.path.rstrip("/") or "/"
-            self._user: User | None = None
-            self._content_type = self.headers.get("content-type", "").split(";")[0].strip()
-            body = self._read_body()
-            try:
-                self._user = api._authenticate(self.headers.get("authorization", ""))
-                self._dispatch(body)
-            except status.ApiError as error:
-                self._json(error.code, error.status)
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                self.close_connection = True
-            except Exception:  # noqa: BLE001 - a fake's bug must surface as a 500, not a hang
-                traceback.print_exc()
-                self._json(
-                    500,
-                    status.failure(
-                        500, "InternalError", "Internal error occurred: fake apiserver bug"
-                    ),
-                )
-
-        def _read_body(self) -> bytes:
-            if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                data = b""
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0], 16)
-                    if size == 0:
-                        self.rfile.readline()
-                        return data
-                    data += self.rfile.read(size)
-                    self.rfile.readline()
-            length = int(self.headers.get("content-length") or 0)
-            return self.rfile.read(length) if length else b""
-
-        def _dispatch(self, body: bytes) -> None:
-            assert self._user is not None
-            if self.command == "POST" and self._path == SELF_SUBJECT_REVIEW:
-                # kubectl sends this request as protobuf; its spec is empty, so it is not read.
-                self._json(201, _self_subject_review(self._user.info()))
-                return
-            if self.command == "GET":
-                host, port = self.server.server_address[:2]
-                doc = api._discovery(self._path, f"{host}:{port}")
-                if doc is not None:
-                    self._json(200, doc)
-                    return
-            route = api._route(self._path)
-            if route is None:
-                raise status.no_route()
-            verb = _verb(self.command, route, self._query)
-            resource = route.rtype.plural + (f"/{route.subresource}" if route.subresource else "")
-            if not self._user.may(verb, resource, route.namespace, route.name):
-                raise status.forbidden(
-                    self._user.name, verb, route.rtype.group, resource, route.name, route.namespace
-                )
-            injected = api._injected(verb, route.rtype.plural)
-            if injected is not None:
-                raise injected
-            if route.rtype is NAMESPACES and verb not in ("get", "list", "watch"):
-                raise status.method_not_allowed(self.command)
-            self._resource(verb, route, body)
-
-        def _resource(self, verb: str, route: _Route, body: bytes) -> None:
-            rtype, ns, name = route.rtype, route.namespace or "", route.name
-            strict = self._query.get("fieldValidation") == "Strict"
-            dry_run = self._query.get("dryRun") == "All"
-            reg = api.registry
-            if verb == "watch":
-                WatchStream(self, api.watch, rtype, route.namespace, self._query).run()
-                return
-            if verb == "list":
-                doc = reg.list(rtype, route.namespace, self._query)
-                if discovery.wants_table(self.headers.get("accept", "")):
-                    doc = discovery.table(
-                        rtype,
-                        doc["items"],
-                        include=self._query.get("includeObject", "Metadata"),
-                        rv=doc["metadata"]["resourceVersion"],
-                        now=api.clock(),
-                    )
-                self._json(200, doc)
-            elif verb == "get":
-                obj = reg.get(rtype, ns if rtype.namespaced else "", name)
-                if discovery.wants_table(self.headers.get("accept", "")):
-                    obj = discovery.table(
-                        rtype,
-                        [obj],
-                        include=self._query.get("includeObject", "Metadata"),
-                        rv=obj["metadata"]["resourceVersion"],
-                        now=api.clock(),
-                    )
-                self._json(200, obj)
-            elif verb == "create":
-                if route.subresource:
-                    raise status.method_not_allowed(self.command)
-                self._json(
-                    201, reg.create(rtype, ns, self._decode(body), strict=strict, dry_run=dry_run)
-                )
-            elif verb == "update":
-                self._json(
-                    200,
-                    reg.update(
-                        rtype,
-                        ns,
-                        name,
-                        self._decode(body),
-                        subresource=route.subresource,
-                        strict=strict,
-                        dry_run=dry_run,
-                    ),
-                )
-            elif verb == "patch":
-                self._json(
-                    200,
-                    reg.patch(
-                        rtype,
-                        ns,
-                        name,
-                        self._content_type,
-                        self._decode(body, patch=True),
-                        subresource=route.subresource,
-                        strict=strict,
-                        dry_run=dry_run,
-                    ),
-                )
-            elif verb == "delete":
-                options = self._decode(body) if body else {}
-                self._json(200, reg.delete(rtype, ns, name, options, dry_run=dry_run))
-            elif verb == "deletecollection":
-                self._json(
-                    200, reg.delete_collection(rtype, route.namespace, self._query, dry_run=dry_run)
-                )
-            else:
-                raise status.method_not_allowed(self.command)
-
-        def _decode(self, body: bytes, *, patch: bool = False) -> Any:
-            if not patch and self._content_type not in ("", "application/json"):
-                raise status.unsupported_media(["application/json"])
-            try:
-                return json.loads(body)
-            except ValueError as exc:
-                raise status.bad_request(
-                    f"couldn't get version/kind; json parse error: {exc}"
-                ) from None
-
-        def _json(self, code: int, doc: Doc) -> None:
-            data = json.dumps(doc).encode()
-            self.record(code)
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-cache, private")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def record(self, code: int) -> None:
-            """Log this request with its answer's status."""
-            api._record(
-                RequestRecord(
-                    self.command,
-                    self._path,
-                    dict(self._query),
-                    self._user.name if self._user else None,
-                    code,
-                    self._content_type,
-                )
-            )
-
-        def abort(self) -> None:
-            """Close the connection now, without a closing chunk or TLS close_notify."""
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    return Handler
-
-
-def _self_subject_review(user: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": "SelfSubjectReview",
-        "apiVersion": "authentication.k8s.io/v1",
-        "metadata": {"creationTimestamp": None},
-        "status": {"userInfo": user},
-    }

@@ -74,7 +74,7 @@ def unauthorized() -> ApiError:
 
 
 def forbidden(
-    user: str, verb: str, group: str, plural: str, name: str, namespace: str | None
+    user: str, verb: str, *, group: str, plural: str, name: str, namespace: str | None
 ) -> ApiError:
     """403 with RBAC's message: `... cannot list resource "configmaps" in API group ""...`."""
     resource, _, sub = plural.partition("/")

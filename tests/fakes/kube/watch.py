@@ -21,6 +21,7 @@ the documented ones ("Efficient detection of changes" in the Kubernetes API conc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -127,7 +128,8 @@ class WatchStream:
                     (
                         "resourceVersionMatch",
                         "FieldValueForbidden",
-                        "Forbidden: sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+                        "Forbidden: sendInitialEvents requires resourceVersionMatch="
+                        "NotOlderThan and allowWatchBookmarks=true",
                     )
                 ],
             )
@@ -137,11 +139,12 @@ class WatchStream:
             raise status.bad_request(f'invalid resource version "{self.rv}"')
         labels = label_selector(query.get("labelSelector", ""))
         fields = field_selector(query.get("fieldSelector", ""))
-        self.matches = lambda o: (
-            (namespace is None or o["metadata"].get("namespace", "") == namespace)
-            and labels(o)
-            and fields(o)
-        )
+
+        def matches(obj: Doc) -> bool:
+            in_namespace = namespace is None or obj["metadata"].get("namespace", "") == namespace
+            return in_namespace and labels(obj) and fields(obj)
+
+        self.matches = matches
         self.deadline = time.monotonic() + float(query.get("timeoutSeconds") or DEFAULT_TIMEOUT)
         self.cursor = 0
 
@@ -203,47 +206,19 @@ class WatchStream:
         self.h.wfile.flush()
 
     def _loop(self, epochs: tuple[int, int, int]) -> None:
-        drop, end, bookmark = epochs
-        next_bookmark = time.monotonic() + (self.c.bookmark_interval or math.inf)
-        cond = self.c.store.cond
+        self._drop, self._end, self._bookmark_seen = epochs
+        self._next_bookmark = time.monotonic() + (self.c.bookmark_interval or math.inf)
         while True:
-            with cond:
-                while True:
-                    now = time.monotonic()
-                    if self.c.closing or self.c.end_epoch != end:
-                        action, lines = "end", []
-                        break
-                    if self.c.drop_epoch != drop:
-                        action, lines = ("cut-mid" if self.c.drop_mid else "cut"), self._pending()
-                        break
-                    if self.c.stall_until > now:
-                        cond.wait(timeout=min(self.c.stall_until - now, 3600))
-                        continue
-                    try:
-                        lines = self._pending()
-                    except status.ApiError as error:
-                        action, lines = "end", [_line("ERROR", error.status)]
-                        break
-                    want_bookmark = self.c.bookmark_epoch != bookmark or now >= next_bookmark
-                    if want_bookmark:
-                        bookmark = self.c.bookmark_epoch
-                        next_bookmark = now + (self.c.bookmark_interval or math.inf)
-                        if self.bookmarks:
-                            self.cursor = self.c.store.rv
-                            lines.append(self._bookmark())
-                    if now >= self.deadline:
-                        action = "end"
-                        break
-                    if lines:
-                        action = "send"
-                        break
-                    cond.wait(timeout=max(0.0, min(self.deadline, next_bookmark) - now))
-            if action == "cut":
-                self.h.abort()
-                return
-            if action == "cut-mid":
-                line = lines[0] if lines else self._bookmark()
-                self._chunk(line[: len(line) // 2])
+            with self.c.store.cond:
+                decided = self._decide()
+                while decided is None:
+                    self.c.store.cond.wait(timeout=self._wait_time())
+                    decided = self._decide()
+            action, lines = decided
+            if action in ("cut", "cut-mid"):
+                if action == "cut-mid":
+                    line = lines[0] if lines else self._bookmark()
+                    self._chunk(line[: len(line) // 2])
                 self.h.abort()
                 return
             for line in lines:
@@ -251,6 +226,46 @@ class WatchStream:
             if action == "end":
                 self._chunk(b"")
                 return
+
+    def _decide(self) -> tuple[str, list[bytes]] | None:
+        """What to do next (call locked): ("send"|"end"|"cut"|"cut-mid", lines), None to wait."""
+        now = time.monotonic()
+        control = self._control()
+        if control is not None:
+            return control
+        if self.c.stall_until > now:
+            return None
+        try:
+            lines = self._pending()
+        except status.ApiError as error:
+            return "end", [_line("ERROR", error.status)]
+        if self.c.bookmark_epoch != self._bookmark_seen or now >= self._next_bookmark:
+            self._bookmark_seen = self.c.bookmark_epoch
+            self._next_bookmark = now + (self.c.bookmark_interval or math.inf)
+            if self.bookmarks:
+                self.cursor = self.c.store.rv
+                lines.append(self._bookmark())
+        if now >= self.deadline:
+            return "end", lines
+        return ("send", lines) if lines else None
+
+    def _control(self) -> tuple[str, list[bytes]] | None:
+        """The end or cut a test control asked for (call locked), or None."""
+        if self.c.closing or self.c.end_epoch != self._end:
+            return "end", []
+        if self.c.drop_epoch == self._drop:
+            return None
+        if not self.c.drop_mid:
+            return "cut", []
+        with contextlib.suppress(status.ApiError):
+            return "cut-mid", self._pending()  # cut the next real event in half
+        return "cut-mid", []
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        if self.c.stall_until > now:
+            return min(self.c.stall_until - now, 3600.0)
+        return max(0.0, min(self.deadline, self._next_bookmark, now + 3600.0) - now)
 
     def _pending(self) -> list[bytes]:
         """Lines for the events after the cursor (call locked); moves the cursor past them."""
