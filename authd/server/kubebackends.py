@@ -355,8 +355,10 @@ class CrdBackend(KubeBackend[CrdVersion]):
             await self.client.patch_status(
                 f"{CRD_PATH}/{write.name}", {"status": {"canonicalARN": write.canonical_arn}}
             )
-        except (Conflict, NotFound):
-            return True  # changed or gone since: the next event brings its new state
+        except (Conflict, NotFound) as exc:
+            # Changed or gone since: the next event brings its new state.
+            log.info("IAMIdentityMapping status not written", name=write.name, error=str(exc))
+            return True
         except KubeError as exc:
             problem = f"cannot write status.canonicalARN of {write.name}: {exc}"
             log.error("IAMIdentityMapping status not written", backend=self.name, error=str(exc))
