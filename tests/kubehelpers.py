@@ -26,10 +26,13 @@ async def open_fake_client(
         yield client
 
 
-async def wait_until(check: Callable[[], bool], *, timeout: float = 10) -> None:
-    """Poll `check` on the trio loop until it holds; fail after `timeout` seconds."""
-    with trio.fail_after(timeout):
-        while not check():
+async def wait_until(check: Callable[[], bool], *, seconds: float = 10) -> None:
+    """Poll `check` on the trio loop until it holds; fail after `seconds`.
+
+    What `check` reads changes in other tasks and in the fake's threads, with no event to wait on.
+    """
+    with trio.fail_after(seconds):
+        while not check():  # noqa: ASYNC110 - state owned by threads, no event to await
             await trio.sleep(0.01)
 
 

@@ -143,11 +143,17 @@ async def test_live_backend_follows_creation_edits_bad_yaml_and_deletion(
 
         api.delete_object("ConfigMap", "aws-auth", "kube-system")
         await wait_until(lambda: backend.table is None)
-        assert backend.problem == "configmap/kube-system/aws-auth was deleted; its mappings are cleared"
+        assert (
+            backend.problem
+            == "configmap/kube-system/aws-auth was deleted; its mappings are cleared"
+        )
         nursery.cancel_scope.cancel()
-    assert metrics.registry.get_sample_value(
-        "authd_backend_reload_errors_total", {"backend": "EKSConfigMap"}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "authd_backend_reload_errors_total", {"backend": "EKSConfigMap"}
+        )
+        == 1
+    )
 
 
 async def test_forbidden_marks_not_ready_and_keeps_the_last_good_table(

@@ -347,7 +347,12 @@ class ServerSettings:
         raw_modes = _raw_backend_modes(src)
         if "DynamicFile" in raw_modes and not values["dynamicfile_path"]:
             raise ConfigError("dynamicfile is set in backend-mode but dynamicfilepath is not set")
-        if "DynamicFile" not in raw_modes and values["dynamicfile_path"]:
+        if (
+            "DynamicFile" not in raw_modes
+            and values["dynamicfile_path"]
+            # The backend-mode file may switch DynamicFile on later (docs/server.md).
+            and not _resolve_one(src, "dynamic_backend_mode_path")
+        ):
             raise ConfigError("dynamicfile is not set in backend-mode but dynamicfilepath is set")
         backend_mode = parse_backend_modes(raw_modes, warnings)
         for setting in _SETTINGS:
