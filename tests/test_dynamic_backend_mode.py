@@ -132,7 +132,7 @@ async def test_the_file_switches_the_chain_and_deletion_reverts(env: Env) -> Non
 
     save(env.mode_file, mode_doc("MountedFile Nope"))
     await wait_until(lambda: not env.backends.readiness()[0])
-    ready, text = env.backends.readiness()
+    _, text = env.backends.readiness()
     assert "backend mode: degraded, keeping DynamicFile" in text
     assert 'backend-mode "Nope" is not a valid mode' in text
     assert env.backends.chain.names == ("DynamicFile",)
