@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -101,6 +102,42 @@ def kubectl(api: FakeApiServer, tmp_path: Path) -> Kubectl:
     return Kubectl(api, tmp_path)
 
 
+@dataclass
+class Setup:
+    """The fake API server, kubectl as admin, STS, and a way to get tokens and start authd."""
+
+    api: FakeApiServer
+    kubectl: Kubectl
+    tmp: Path
+    sts: StsFront
+    run_authd: RunAuthd
+    env: dict[str, str]
+    user: IamUser
+
+    def token(self, *args: str) -> str:
+        """A token of the IAM user (with `-r ROLE`: of a role it assumes)."""
+        return token(self.run_authd, self.env | self.user.env(), *args)
+
+    def start(self, *args: str) -> Daemon:
+        """The daemon, with its kubeconfig for the fake."""
+        return start(self.api, self.tmp, self.sts, *args)
+
+
+@pytest.fixture
+def setup(
+    api: FakeApiServer,
+    kubectl: Kubectl,
+    tmp_path: Path,
+    *,
+    sts_front: StsFront,
+    run_authd: RunAuthd,
+    client_env: dict[str, str],
+    iam_user: IamUser,
+) -> Setup:
+    """Everything a test here needs."""
+    return Setup(api, kubectl, tmp_path, sts_front, run_authd, client_env, iam_user)
+
+
 def start(api: FakeApiServer, tmp_path: Path, sts: StsFront, *args: str) -> Daemon:
     """The daemon with its own kubeconfig for the fake (the admin token is not authd's)."""
     kubeconfig = api.write_kubeconfig(tmp_path / "authd-kubeconfig.json", token=AUTHD_TOKEN)
@@ -113,21 +150,12 @@ def start(api: FakeApiServer, tmp_path: Path, sts: StsFront, *args: str) -> Daem
     return daemon
 
 
-def test_aws_auth_followed_live(
-    api: FakeApiServer,
-    kubectl: Kubectl,
-    tmp_path: Path,
-    sts_front: StsFront,
-    run_authd: RunAuthd,
-    client_env: dict[str, str],
-    iam_user: IamUser,
-) -> None:
+def test_aws_auth_followed_live(setup: Setup) -> None:
     """Created after start, edited, one bad entry, broken YAML, a cut watch, a 410 after
     compaction, RBAC denial and deletion: each seen in /readyz and in real reviews."""
-    daemon = start(
-        api, tmp_path, sts_front, f"--cluster-id={CLUSTER}", "--backend-mode=EKSConfigMap"
-    )
-    bearer = token(run_authd, client_env | iam_user.env())
+    api, kubectl, iam_user = setup.api, setup.kubectl, setup.user
+    daemon = setup.start(f"--cluster-id={CLUSTER}", "--backend-mode=EKSConfigMap")
+    bearer = setup.token()
     try:
         with daemon.client() as client:
             ready = client.get("/readyz")
@@ -189,27 +217,14 @@ def test_aws_auth_followed_live(
     assert relists >= 1
 
 
-def test_kops_crd_only_start_and_status_written(
-    api: FakeApiServer,
-    kubectl: Kubectl,
-    tmp_path: Path,
-    sts_front: StsFront,
-    run_authd: RunAuthd,
-    client_env: dict[str, str],
-    iam_user: IamUser,
-    iam_role: IamRole,
-) -> None:
+def test_kops_crd_only_start_and_status_written(setup: Setup, iam_role: IamRole) -> None:
     """kops' CRD-only arguments (--cluster-id, no --config): authd writes status.canonicalARN of
     an IAMIdentityMapping applied with kubectl, then maps the role; deleting it denies."""
-    daemon = start(
-        api,
-        tmp_path,
-        sts_front,
-        f"--cluster-id={CLUSTER}",
-        "--kubeconfig-pregenerated=true",
-        "--backend-mode=CRD",
+    kubectl = setup.kubectl
+    daemon = setup.start(
+        f"--cluster-id={CLUSTER}", "--kubeconfig-pregenerated=true", "--backend-mode=CRD"
     )
-    bearer = token(run_authd, client_env | iam_user.env(), "-r", iam_role.arn)
+    bearer = setup.token("-r", iam_role.arn)
     try:
         with daemon.client() as client:
             assert client.get("/readyz").status_code == 200
@@ -226,26 +241,21 @@ def test_kops_crd_only_start_and_status_written(
         assert daemon.stop() == 0
 
 
-def test_backend_mode_file_switches_to_the_crd_and_reverts(
-    api: FakeApiServer,
-    kubectl: Kubectl,
-    tmp_path: Path,
-    sts_front: StsFront,
-    run_authd: RunAuthd,
-    client_env: dict[str, str],
-    iam_user: IamUser,
-) -> None:
+def test_backend_mode_file_switches_to_the_crd_and_reverts(setup: Setup) -> None:
     """Started with MountedFile only, the backend-mode file switches to `CRD MountedFile` (the
     CRD backend starts then) and, once deleted, back to MountedFile."""
-    mode_file = tmp_path / "backend-mode.json"
-    config = tmp_path / "config.yaml"
+    iam_user = setup.user
+    mode_file = setup.tmp / "backend-mode.json"
+    config = setup.tmp / "config.yaml"
     config.write_text(
         f"clusterID: {CLUSTER}\nserver:\n  dynamicBackendModePath: {mode_file}\n"
         f"  mapUsers:\n  - userarn: {iam_user.arn}\n    username: from-file\n"
     )
-    daemon = start(api, tmp_path, sts_front, f"--config={config}")
-    bearer = token(run_authd, client_env | iam_user.env())
-    kubectl.ok("apply", "-f", "-", stdin=identity_mapping("crd-user", iam_user.arn, "from-crd"))
+    daemon = setup.start(f"--config={config}")
+    bearer = setup.token()
+    setup.kubectl.ok(
+        "apply", "-f", "-", stdin=identity_mapping("crd-user", iam_user.arn, "from-crd")
+    )
     try:
         with daemon.client() as client:
             assert username(client, bearer) == "from-file"
