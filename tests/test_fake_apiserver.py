@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,8 @@ def test_watch_replays_kubectl_edits_then_streams_live(
     live writes, and a clean chunked end at timeoutSeconds."""
     listed = client.get(CM_PATH).json()
     assert listed["kind"] == "ConfigMapList" and listed["items"] == []
+    everywhere = client.get("/api/v1/configmaps").json()
+    assert everywhere["metadata"]["resourceVersion"] == listed["metadata"]["resourceVersion"]
     kubectl.ok("apply", "-f", "-", stdin=AWS_AUTH)
     kubectl.ok("apply", "-f", "-", stdin=AWS_AUTH_EDITED)
     kubectl.ok("delete", "-n", "kube-system", "cm", "aws-auth")
@@ -437,6 +440,16 @@ def test_stalled_watches_send_nothing_until_released(
         assert [e["type"] for e in events(response)] == ["ADDED"]
 
 
+def test_timed_stall_releases_itself(api: FakeApiServer, client: httpx.Client) -> None:
+    """stall_watches(seconds) holds events back for that long, then they flow without a release."""
+    start = api.resource_version
+    api.put_object(configmap("x"))
+    api.stall_watches(0.3)
+    with watch(client, CM_PATH, resourceVersion=start, timeoutSeconds="5") as response:
+        assert next(events(response))["type"] == "ADDED"
+    assert api.watch.stall_until < time.monotonic()
+
+
 def test_tokens_and_rules(api: FakeApiServer, client: httpx.Client) -> None:
     """No or unknown token is 401; a reader token lists and watches kube-system but gets 403 with
     RBAC's wording for updates, other namespaces and verbs taken away with forbid()."""
@@ -469,6 +482,9 @@ def test_tokens_and_rules(api: FakeApiServer, client: httpx.Client) -> None:
     api.forbid("reader", "watch", resource="configmaps")
     assert client.get(CM_PATH, headers=as_reader, params={"watch": "1"}).status_code == 403
     assert [r.status for r in api.requests if r.user == reader.name] == [200, 200, 403, 403, 403]
+    api.set_tokens({"only": User(name="only")})
+    assert client.get(CM_PATH).status_code == 401
+    assert client.get(CM_PATH, headers={"Authorization": "Bearer only"}).status_code == 200
 
 
 @needs_kubectl
@@ -480,6 +496,11 @@ def test_kubectl_reports_forbidden(api: FakeApiServer, tmp_path: Path) -> None:
     out = reader("create", "-f", "-", stdin=AWS_AUTH)
     assert "Error from server (Forbidden)" in out.stderr
     assert 'cannot create resource "configmaps"' in out.stderr
+    whoami = json.loads(reader.ok("auth", "whoami", "-o", "json"))
+    assert whoami["status"]["userInfo"] == {
+        "username": "reader",
+        "groups": ["system:authenticated"],
+    }
 
 
 def test_fail_next_injects_errors(api: FakeApiServer, client: httpx.Client) -> None:

@@ -55,6 +55,7 @@ class Route:
 
 
 def _verb(method: str, route: Route, query: dict[str, str]) -> str:
+    """The RBAC verb of a request, as the API server's request-info resolver names it."""
     if method == "GET":
         if route.name:
             return "get"
@@ -68,6 +69,8 @@ def _verb(method: str, route: Route, query: dict[str, str]) -> str:
 
 
 def handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    """The request handler class serving `api` (one instance per request, one thread each)."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
