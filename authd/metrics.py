@@ -476,6 +476,11 @@ class _InformerSeries(Collector):
     def __init__(self) -> None:
         self.informers: dict[str, InformerCounts] = {}
 
+    @classmethod
+    def reference(cls) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """(name, type, labels, help) of each family, for docs/metrics.md."""
+        return [(f"{name}_total", "counter", ("backend",), text) for name, _, text in cls.FAMILIES]
+
     def describe(self) -> Iterator[Metric]:
         """The families, without samples."""
         for name, _, text in self.FAMILIES:
