@@ -15,8 +15,14 @@
     │   ├── NotMappedError                no backend maps it
     │   ├── ReservedPrefixError           the username starts with a reserved prefix
     │   └── TemplateError                 a username or group template cannot be rendered
-    └── ClientError                       the `token` command cannot make a token
-        └── CredentialError               no usable AWS credentials, or AssumeRole refused
+    ├── ClientError                       the `token` command cannot make a token
+    │   └── CredentialError               no usable AWS credentials, or AssumeRole refused
+    └── KubeError                         the Kubernetes API could not be reached or refused
+        ├── Unauthorized                  401: credentials missing or not accepted
+        ├── Forbidden                     403: RBAC does not grant the verb on the resource
+        ├── NotFound                      404
+        ├── Conflict                      409: stale resourceVersion, or already exists
+        └── Gone                          410: resourceVersion compacted away; list again
 
 Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
 (authd 4 in docs/upstream-compat.md). Foreign exceptions are translated at the boundary with
@@ -25,6 +31,8 @@ class.
 """
 
 from __future__ import annotations
+
+from http import HTTPStatus
 
 
 class AuthdError(Exception):
@@ -175,3 +183,63 @@ class CredentialError(ClientError):
     """No usable AWS credentials were found, or STS refused to assume the role."""
 
     reason = "credentials"
+
+
+class KubeError(AuthdError):
+    """A Kubernetes API request failed: transport, an unexpected status, or an unreadable answer.
+
+    `verb` (list, watch, get, create, replace, patch_status, or "connect" for configuration)
+    and `path` say which request; `status` is the HTTP status (None when no answer came);
+    `detail` is the server's Status message or the transport's error. `str()` names them all.
+    """
+
+    reason = "kube_error"
+
+    def __init__(self, detail: str, *, verb: str = "", path: str = "", status: int | None = None):
+        self.detail = detail
+        self.verb = verb
+        self.path = path
+        self.status = status
+        where = f"{verb} {path}: " if verb or path else ""
+        super().__init__(f"{where}{self.summary}")
+
+    @property
+    def summary(self) -> str:
+        """`<code> <phrase>: <detail>` (`403 Forbidden: ...`) if answered, else `detail`."""
+        if self.status is None:
+            return self.detail
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        return f"{self.status} {phrase}: {self.detail}"
+
+
+class Unauthorized(KubeError):
+    """401: the API server does not accept the credentials (or none were sent)."""
+
+    reason = "kube_unauthorized"
+
+
+class Forbidden(KubeError):
+    """403: the credentials are accepted but RBAC does not grant the verb on the resource."""
+
+    reason = "kube_forbidden"
+
+
+class NotFound(KubeError):
+    """404: no such object or resource (for a CRD: not installed)."""
+
+    reason = "kube_not_found"
+
+
+class Conflict(KubeError):
+    """409: the object changed since it was read (stale resourceVersion), or already exists."""
+
+    reason = "kube_conflict"
+
+
+class Gone(KubeError):
+    """410: the resourceVersion is older than the server's history; the caller must list again."""
+
+    reason = "kube_gone"

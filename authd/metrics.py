@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -51,6 +52,7 @@ REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 BACKENDS = BACKEND_MODES
+KUBE_BACKENDS = ("EKSConfigMap", "CRD")
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
 
@@ -176,11 +178,29 @@ class Metrics:
         )
         self.backend_reload_latency = Histogram(
             "authd_backend_reload_latency_seconds",
-            "Seconds from the first file event of a change to its snapshot serving reviews.",
+            "Seconds from the first file event (or Kubernetes watch event) of a change to its "
+            "snapshot serving reviews.",
             ["backend"],
             buckets=RELOAD_BUCKETS,
             registry=reg,
         )
+        self.backend_rejected = Gauge(
+            "authd_backend_rejected_entries",
+            "Entries (aws-auth entries, IAMIdentityMapping objects) left out of a backend's "
+            "current snapshot because they are invalid; the other entries serve.",
+            ["backend"],
+            registry=reg,
+        )
+        self.crd_status_writes = Counter(
+            "authd_crd_status_writes_total",
+            "IAMIdentityMapping status.canonicalARN writes by authd's controller, by result.",
+            ["result"],
+            registry=reg,
+        )
+        self.informers = _InformerSeries()
+        reg.register(self.informers)
+        for result in ("ok", "error"):
+            self.crd_status_writes.labels(result=result)
         for backend in BACKENDS:
             self.backend_errors.labels(backend=backend)
             self.backend_reloads.labels(backend=backend)
@@ -281,8 +301,38 @@ class Metrics:
         self.backend_reload_errors.labels(backend=backend).inc()
 
     def backend_cleared(self, backend: str) -> None:
-        """`backend` dropped its snapshot (its DynamicFile was deleted): no mappings now."""
+        """`backend` dropped its snapshot (its DynamicFile or ConfigMap was deleted)."""
         self.backend_mappings.labels(backend=backend).set(0)
+
+    def backend_rejected_entries(self, backend: str, count: int) -> None:
+        """`count` invalid entries were left out of `backend`'s current snapshot."""
+        self.backend_rejected.labels(backend=backend).set(count)
+
+    # --- Kubernetes backends and the dynamic backend mode ---
+
+    def configmap_watch_failure(self) -> None:
+        """The EKSConfigMap backend failed to list or (re)establish its watch."""
+        self.configmap_watch_failures.inc()
+
+    def watch_informer(self, backend: str, informer: InformerCounts) -> None:
+        """Export `informer`'s relists, watch restarts and events for `backend` at each scrape."""
+        self.informers.informers[backend] = informer
+
+    def crd_status_write(self, *, ok: bool) -> None:
+        """authd's controller wrote (or failed to write) one `status.canonicalARN`."""
+        self.crd_status_writes.labels(result="ok" if ok else "error").inc()
+
+    def backend_mode_switched(self, modes: Sequence[str]) -> None:
+        """The dynamic backend-mode file switched the chain to `modes`.
+
+        Upstream's `dynamic_file_enabled` is set when the chain holds DynamicFile among other
+        modes, `dynamic_file_only` when DynamicFile is alone; neither is ever reset.
+        """
+        if "DynamicFile" in modes:
+            if len(modes) == 1:
+                self.dynamic_file_only.set(1)
+            else:
+                self.dynamic_file_enabled.set(1)
 
     # --- STS and EC2 protection (docs/sts-protection.md) ---
 
@@ -401,6 +451,50 @@ class Metrics:
         do not expect them would store them as extra series.
         """
         return generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE_PLAIN_0_0_4
+
+
+class InformerCounts(Protocol):
+    """What `watch_informer` reads from an informer at each scrape."""
+
+    relists: int
+    watch_restarts: int
+    events: int
+
+
+class _InformerSeries(Collector):
+    """authd_kube_relists_total, authd_kube_watch_restarts_total and authd_kube_events_total
+    per Kubernetes backend, read from the informers' own counters when scraped."""
+
+    FAMILIES = (
+        ("authd_kube_relists", "relists", "Lists of a Kubernetes backend's collection after the "
+         "first (after 410 Gone, or to recover from a failed list)."),
+        ("authd_kube_watch_restarts", "watch_restarts", "Watches of a Kubernetes backend's "
+         "collection opened after the first (server timeouts, dropped or stalled streams)."),
+        ("authd_kube_events", "events", "ADDED, MODIFIED and DELETED watch events applied by a "
+         "Kubernetes backend."),
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.informers: dict[str, InformerCounts] = {}
+
+    @classmethod
+    def reference(cls) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """(name, type, labels, help) of each family, for docs/metrics.md."""
+        return [(f"{name}_total", "counter", ("backend",), text) for name, _, text in cls.FAMILIES]
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples."""
+        for name, _, text in self.FAMILIES:
+            yield CounterMetricFamily(name, text, labels=["backend"])
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per backend and family (zero for a kube backend not running)."""
+        for name, attr, text in self.FAMILIES:
+            family = CounterMetricFamily(name, text, labels=["backend"])
+            for backend in KUBE_BACKENDS:
+                informer = self.informers.get(backend)
+                family.add_metric([backend], getattr(informer, attr) if informer else 0)
+            yield family
 
 
 class _Observed:

@@ -19,10 +19,15 @@ from authd.errors import (
     BadRequestError,
     ClientError,
     ConfigError,
+    Conflict,
     CredentialError,
     Ec2Error,
+    Forbidden,
+    Gone,
+    KubeError,
     ListenError,
     MappingError,
+    NotFound,
     NotMappedError,
     ReservedPrefixError,
     StsError,
@@ -31,6 +36,7 @@ from authd.errors import (
     StsUnavailableError,
     TemplateError,
     TokenFormatError,
+    Unauthorized,
 )
 
 __all__ = ["ALLOWED", "BY_REASON", "INTERNAL_ERROR", "OUTCOMES", "Outcome", "outcome_of"]
@@ -90,6 +96,13 @@ OUTCOMES: Mapping[type[AuthdError], Outcome] = {
     ListenError: INTERNAL_ERROR,
     ClientError: INTERNAL_ERROR,
     CredentialError: INTERNAL_ERROR,
+    # The Kubernetes backends keep their last good table when the API fails; never a review's.
+    KubeError: INTERNAL_ERROR,
+    Unauthorized: INTERNAL_ERROR,
+    Forbidden: INTERNAL_ERROR,
+    NotFound: INTERNAL_ERROR,
+    Conflict: INTERNAL_ERROR,
+    Gone: INTERNAL_ERROR,
     AuthdError: INTERNAL_ERROR,
 }
 

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         trio.run(
             lambda: run_server(
-                settings, region=region, proxies=proxies, sts_transport=sts_transport
+                settings, region=region, env=env, proxies=proxies, sts_transport=sts_transport
             )
         )
     except ExceptionGroup as group:

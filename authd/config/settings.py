@@ -42,8 +42,10 @@ from authd.names import (
 from authd.token import sts_origin
 
 
-def _backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
-    """Validate the backend list as upstream does; return canonical names, in order.
+def parse_backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
+    """Validate a backend list as upstream does; return canonical names, in order.
+
+    Used for `--backend-mode` and for the dynamic backend-mode file.
 
     Raises:
         ConfigError: the aggregate of `not a valid mode`, `has duplicates`, `at least one`.
@@ -345,9 +347,14 @@ class ServerSettings:
         raw_modes = _raw_backend_modes(src)
         if "DynamicFile" in raw_modes and not values["dynamicfile_path"]:
             raise ConfigError("dynamicfile is set in backend-mode but dynamicfilepath is not set")
-        if "DynamicFile" not in raw_modes and values["dynamicfile_path"]:
+        if (
+            "DynamicFile" not in raw_modes
+            and values["dynamicfile_path"]
+            # The backend-mode file may switch DynamicFile on later (docs/server.md).
+            and not _resolve_one(src, "dynamic_backend_mode_path")
+        ):
             raise ConfigError("dynamicfile is not set in backend-mode but dynamicfilepath is set")
-        backend_mode = _backend_modes(raw_modes, warnings)
+        backend_mode = parse_backend_modes(raw_modes, warnings)
         for setting in _SETTINGS:
             if setting.attr not in values:
                 values[setting.attr] = _resolve_one(src, setting.attr)

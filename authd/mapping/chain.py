@@ -114,6 +114,18 @@ class MapperChain:
         self._backends = tuple(backends)
         self._scrubbed = frozenset(scrubbed_accounts)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The backends' names, in chain order."""
+        return tuple(b.name for b in self._backends)
+
+    def replace_backends(self, backends: Sequence[Backend]) -> None:
+        """Swap in a new ordered list of backends in one step (the dynamic backend mode).
+
+        A review already in `map` keeps iterating the list it started with.
+        """
+        self._backends = tuple(backends)
+
     async def map(
         self, identity: Identity, *, resolve_private_dns: PrivateDnsResolver | None = None
     ) -> MapResult:

@@ -1,17 +1,18 @@
 """Wire the server together and run it: state dir, kubeconfig, backends, listeners, signals.
 
 One nursery tree with one shutdown trigger: SIGTERM or SIGINT sets `shutdown`, the listeners
-stop accepting, in-flight reviews finish, and `run_server` returns. The config file and the
-DynamicFile are watched (authd/server/reload.py, docs/reload.md) and each good new version is
-swapped in atomically; SIGHUP re-reads both at once. A file that does not parse keeps the last good
-table and marks the backend not ready.
+stop accepting, in-flight reviews finish, and `run_server` returns. The config file, the
+DynamicFile and the backend-mode file are watched (authd/server/reload.py, docs/reload.md), the
+Kubernetes backends follow the API server (docs/kubernetes.md), and each good new version is
+swapped in atomically; SIGHUP re-reads the files at once. A version that does not parse keeps
+the last good table and marks the backend not ready.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, contextmanager
 from functools import partial
 
 import structlog
@@ -24,9 +25,11 @@ from authd.metrics import Metrics
 from authd.server import kubeconfig, tls
 from authd.server.app import App
 from authd.server.authenticator import Authenticator
-from authd.server.backends import Backends
+from authd.server.backends import Backends, KubeOpener
 from authd.server.ec2 import open_server_private_dns_names
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
+from authd.server.kube.client import KubeClient
+from authd.server.kube.connection import connection_from, open_client
 from authd.server.proxies import Proxies
 from authd.server.sts.client import open_sts_client
 from authd.server.sts.guard import StsProtection
@@ -52,11 +55,29 @@ def write_state(settings: ServerSettings) -> tls.KeyPair:
     return pair
 
 
+def kube_opener(settings: ServerSettings, env: Mapping[str, str]) -> KubeOpener:
+    """Opens the Kubernetes API client from `--kubeconfig`/`--master`, or in-cluster (`env`).
+
+    The connection is configured when the first Kubernetes backend starts; an error then
+    (`KubeError`: not in a cluster, a kubeconfig that cannot be used) stops the start-up.
+    """
+
+    def opener() -> AbstractAsyncContextManager[KubeClient]:
+        connection = connection_from(
+            kubeconfig=settings.kubeconfig, master=settings.master, env=env
+        )
+        log.info("kubernetes API", server=connection.server)
+        return open_client(connection)
+
+    return opener
+
+
 async def run_server(
     settings: ServerSettings,
     *,
     region: str,
     proxies: Proxies,
+    env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
     sts_transport: str = "h11",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
@@ -67,17 +88,20 @@ async def run_server(
         settings: the resolved flags and config.
         region: the server's AWS region (EC2 calls, the STS endpoint policy).
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
+        env: the process environment, read only for the in-cluster Kubernetes connection
+            (`KUBERNETES_SERVICE_HOST`/`_PORT`).
         limits: the listener's connection limits; defaults when None.
         sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
             benchmark's A/B run sets it.
 
     Raises:
-        AuthdError: the state dir, kubeconfig or TLS setup failed (fatal at start).
+        AuthdError: the state dir, kubeconfig, TLS or Kubernetes connection setup failed (fatal
+            at start).
         ListenError: an address cannot be listened on (an OSError; trio's nurseries wrap it
             in exception groups).
     """
     metrics = Metrics()
-    backends = Backends(settings, metrics)
+    backends = Backends(settings, metrics, open_kube=kube_opener(settings, env or {}))
     backends.load_all()
     pair = write_state(settings)
     ssl_context = tls.server_ssl_context(pair)

@@ -1,4 +1,4 @@
-"""The reloader's two targets: the `--config` file (MountedFile) and the DynamicFile.
+"""The reloader's targets: the `--config` file (MountedFile), the DynamicFile, the backend mode.
 
 Each parses one version of its file off the trio thread, then swaps it in (or refuses it) in
 one step; a refused version is logged with the `path`, `line` and `key` its `ConfigError`
@@ -8,12 +8,15 @@ carries, counted, and leaves the backend degraded on its last good snapshot (doc
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
 from authd.config import FileConfig, MappingConfig, ServerSettings
+from authd.config.located import as_str, as_strs, section
+from authd.config.settings import parse_backend_modes
+from authd.config.yamlevents import read_tree
 from authd.errors import ConfigError
 from authd.mapping.chain import Backend
 from authd.mapping.dynamicfile import DynamicFileTable
@@ -66,6 +69,11 @@ class ConfigTarget:
         self._metrics = metrics
         self._baseline: dict[str, object] | None = None
         self._mapping = settings.mapping
+
+    @property
+    def mapping(self) -> MappingConfig:
+        """The mappings (and reserved prefixes) of the config version now applied."""
+        return self._mapping
 
     @property
     def _mounted(self) -> Backend | None:
@@ -178,7 +186,7 @@ class DynamicTarget:
             "DynamicFile", mappings=len(parsed), at=now, latency=_latency(change)
         )
         if self._loads > 1:
-            self._observe_e2e(parsed, now)
+            observe_e2e(self._metrics, "dynamic_file", parsed.last_updated, now)
         log.info(
             "dynamic file reloaded",
             file=change.path,
@@ -186,18 +194,6 @@ class DynamicTarget:
             trigger=change.trigger,
             sha256=change.digest[:12],
         )
-
-    def _observe_e2e(self, table: DynamicFileTable, now: float) -> None:
-        """Upstream's `dynamic_e2e_latency_seconds`: now minus `LastUpdatedDateTime`."""
-        try:
-            written = int(table.last_updated)
-        except ValueError:
-            log.error("LastUpdatedDateTime is not unix seconds", value=table.last_updated)
-            return
-        if written > now:
-            log.error("LastUpdatedDateTime is in the future", value=table.last_updated)
-            return
-        self._metrics.dynamic_reload_latency("dynamic_file", int(now) - written)
 
     def reject(self, error: ConfigError, change: Change) -> None:
         """Keep the last good table; report degraded with the reason."""
@@ -220,6 +216,138 @@ class DynamicTarget:
         """Upstream's `dynamicfile_failures_total`: the watch could not be set up."""
         self._metrics.dynamicfile_failure()
         log.error("dynamic file watch failed", error=problem)
+
+
+def observe_e2e(metrics: Metrics, kind: str, last_updated: str, now: float) -> None:
+    """Upstream's `dynamic_e2e_latency_seconds{type=kind}`: now minus `LastUpdatedDateTime`."""
+    try:
+        written = int(last_updated)
+    except ValueError:
+        log.error("LastUpdatedDateTime is not unix seconds", value=last_updated, type=kind)
+        return
+    if written > now:
+        log.error("LastUpdatedDateTime is in the future", value=last_updated, type=kind)
+        return
+    metrics.dynamic_reload_latency(kind, int(now) - written)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendModeVersion:
+    """One version of the dynamic backend-mode file: the modes, canonical, in chain order."""
+
+    modes: tuple[str, ...]
+    version: str = ""
+    last_updated: str = ""
+
+
+def parse_backend_mode_file(data: bytes, *, path: str, dynamicfile_path: str) -> BackendModeVersion:
+    """Parse `{"backendMode": "MountedFile DynamicFile", "Version", "LastUpdatedDateTime"}`.
+
+    Keys ignore case (as Go's JSON decoding); modes are separated by spaces (or commas) and
+    validated as `--backend-mode` is, including DynamicFile needing a DynamicFile path.
+
+    Raises:
+        ConfigError: not JSON, no valid modes, or DynamicFile named with no DynamicFile path.
+    """
+    warnings: list[str] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}", path=path) from exc
+    root = read_tree(text, src=path, warnings=warnings)
+    if root is None:
+        raise ConfigError(f"{path}: empty file", path=path)
+    sec = section(root, ("backendMode", "Version", "LastUpdatedDateTime"), [])
+    raw = as_strs(sec.get("backendMode"), split=", \t\n")
+    where = sec["backendMode"].where if "backendMode" in sec else root.where
+    try:
+        modes = parse_backend_modes(raw, warnings)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}", path=path, line=root.line, key="backendMode") from exc
+    if "DynamicFile" in modes and not dynamicfile_path:
+        raise ConfigError(
+            f"{where}: dynamicfile is set in backend-mode but dynamicfilepath is not set",
+            path=path,
+            key="backendMode",
+        )
+    return BackendModeVersion(
+        modes=modes,
+        version=as_str(sec.get("Version")),
+        last_updated=as_str(sec.get("LastUpdatedDateTime")),
+    )
+
+
+class BackendModeTarget:
+    """Reload target for `server.dynamicBackendModePath`: hands each good version's modes on.
+
+    `switch(modes, reason)` builds the chain (authd/server/backends.py); a deleted file reverts
+    to `--backend-mode`; a bad version keeps the current chain, is logged and counted.
+    """
+
+    SOURCE = "dynamicBackendMode"
+
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        metrics: Metrics,
+        switch: Callable[[tuple[str, ...], str], None],
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._switch = switch
+        self._loads = 0
+        self.problem: str | None = None
+
+    def parse(self, data: bytes) -> BackendModeVersion:
+        """Parse and validate (worker thread)."""
+        return parse_backend_mode_file(
+            data,
+            path=self._settings.dynamic_backend_mode_path,
+            dynamicfile_path=self._settings.dynamicfile_path,
+        )
+
+    def apply(self, parsed: BackendModeVersion, change: Change) -> None:
+        """Switch the chain to the file's modes; upstream's latency after the first load."""
+        self.problem = None
+        self._loads += 1
+        self._metrics.reload(self.SOURCE, ok=True)
+        if self._loads > 1:
+            observe_e2e(self._metrics, "dynamic_backend_mode", parsed.last_updated, time.time())
+        log.info(
+            "backend mode file loaded",
+            file=change.path,
+            modes=list(parsed.modes),
+            trigger=change.trigger,
+        )
+        self._switch(parsed.modes, f"{change.path} (version {parsed.version or '?'})")
+
+    def reject(self, error: ConfigError, change: Change) -> None:
+        """Keep the current chain; report the file as refused."""
+        log.error(
+            "backend mode file refused; keeping the current backend mode",
+            file=change.path,
+            line=error.line,
+            key=error.key,
+            error=str(error),
+        )
+        self.problem = str(error)
+        self._metrics.reload(self.SOURCE, ok=False)
+
+    def missing(self, change: Change) -> None:
+        """No file (not yet, or deleted): the chain is `--backend-mode`, as upstream."""
+        self.problem = None
+        log.info(
+            "backend mode file absent; using --backend-mode",
+            file=change.path,
+            modes=list(self._settings.backend_mode),
+        )
+        self._switch(self._settings.backend_mode, "--backend-mode")
+
+    def watch_failed(self, problem: str) -> None:
+        """Upstream's `dynamicfile_failures_total` counts this watch too."""
+        self._metrics.dynamicfile_failure()
+        log.error("backend mode file watch failed", error=problem)
 
 
 def _latency(change: Change) -> float | None:
