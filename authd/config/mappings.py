@@ -109,8 +109,16 @@ def _parse_sso(val: Located, warnings: list[str]) -> SSOSpec | None:
     )
 
 
-def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
-    """Read, validate and canonicalise one `mapRoles` entry."""
+def read_role(val: Located, warnings: list[str]) -> tuple[RoleMapping, dict[str, Located]]:
+    """Read and check one `mapRoles` entry as every backend does; its ARN is not parsed yet.
+
+    Shared by MountedFile and the aws-auth ConfigMap, which differ only in what they do with
+    the ARN next. Returns the entry and its keys, so the caller can point at the `rolearn` line.
+
+    Raises:
+        ConfigError: a key of the wrong type, or an entry upstream's check refuses (with the
+            location of the key at fault).
+    """
     sec = section(val, ("rolearn", "username", "groups", "userid", "sso"), warnings)
     sso_val = sec.get("sso")
     entry = RoleMapping(
@@ -119,7 +127,7 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
         username=as_str(sec.get("username")),
         groups=as_strs(sec.get("groups")),
     )
-    as_str(sec.get("userid"))  # accepted and type-checked, unused by MountedFile (as upstream)
+    as_str(sec.get("userid"))  # accepted and type-checked, unused (as upstream)
     problem = entry.check()
     if problem is not None:
         key, message = problem
@@ -128,6 +136,30 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
             sso_sec = section(sso_val, _SSO_KEYS, [])
             target = sso_sec.get(key.removeprefix("sso."), sso_val)
         target.fail(message)
+    return entry, sec
+
+
+def read_user(val: Located, warnings: list[str]) -> tuple[UserMapping, dict[str, Located]]:
+    """Read one `mapUsers` entry as every backend does; its ARN is not parsed yet.
+
+    Raises:
+        ConfigError: a key of the wrong type, or no `userarn` (with its location).
+    """
+    sec = section(val, ("userarn", "username", "groups", "userid"), warnings)
+    entry = UserMapping(
+        userarn=as_str(sec.get("userarn")),
+        username=as_str(sec.get("username")),
+        groups=as_strs(sec.get("groups")),
+    )
+    as_str(sec.get("userid"))  # accepted and type-checked, unused (as upstream)
+    if not entry.userarn:
+        val.fail("value for userarn must be supplied")
+    return entry, sec
+
+
+def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
+    """Read, validate and canonicalise one `mapRoles` entry."""
+    entry, sec = read_role(val, warnings)
     if not entry.rolearn:
         return entry
     try:
@@ -145,15 +177,7 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
 
 def _parse_user(val: Located, warnings: list[str]) -> UserMapping:
     """Read, validate and canonicalise (lower-cased) one `mapUsers` entry."""
-    sec = section(val, ("userarn", "username", "groups", "userid"), warnings)
-    entry = UserMapping(
-        userarn=as_str(sec.get("userarn")),
-        username=as_str(sec.get("username")),
-        groups=as_strs(sec.get("groups")),
-    )
-    as_str(sec.get("userid"))  # accepted and type-checked, unused by MountedFile (as upstream)
-    if not entry.userarn:
-        val.fail("value for userarn must be supplied")
+    entry, sec = read_user(val, warnings)
     try:
         _, canonical = canonicalize(entry.userarn.lower())
     except ArnError as exc:

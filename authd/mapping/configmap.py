@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from authd.arn import canonicalize
-from authd.config import MappingConfig, RoleMapping, SSOSpec, UserMapping
-from authd.config.located import Located, as_account, as_str, as_strs, section
+from authd.config import MappingConfig, RoleMapping, UserMapping
+from authd.config.located import Located, as_account, as_str
+from authd.config.mappings import read_role, read_user
 from authd.config.yamlevents import read_tree
 from authd.errors import ArnError, ConfigError
 from authd.mapping.file import MountedFileTable
@@ -36,7 +37,6 @@ SOURCE = f"configmap/{NAMESPACE}/{OBJECT}"
 KEYS = ("mapRoles", "mapUsers", "mapAccounts")
 # Values upstream treats as "no data" for a key.
 _EMPTY = frozenset({"", "``", '""', "''"})
-_SSO_KEYS = ("permissionSetName", "accountID", "partition")
 T = TypeVar("T")
 
 
@@ -145,48 +145,17 @@ def _rebase(val: Located, prefix: str) -> None:
 
 def _role(val: Located, warnings: list[str]) -> RoleMapping:
     """One `mapRoles` entry, validated as upstream does; the ARN must parse and stays as written."""
-    sec = section(val, ("rolearn", "username", "groups", "userid", "sso"), warnings)
-    sso_val = sec.get("sso")
-    entry = RoleMapping(
-        rolearn=as_str(sec.get("rolearn")),
-        sso=_sso(sso_val, warnings) if sso_val is not None and sso_val.value is not None else None,
-        username=as_str(sec.get("username")),
-        groups=as_strs(sec.get("groups")),
-    )
-    problem = entry.check()
-    if problem is not None:
-        key, message = problem
-        target = val
-        if key and sso_val is not None:
-            target = section(sso_val, _SSO_KEYS, []).get(key.removeprefix("sso."), sso_val)
-        target.fail(message)
+    entry, keys = read_role(val, warnings)
     if entry.rolearn:
-        _check_arn(sec["rolearn"], warnings)
+        _check_arn(keys["rolearn"], warnings)
     return entry
-
-
-def _sso(val: Located, warnings: list[str]) -> SSOSpec:
-    """An `sso:` block."""
-    sec = section(val, _SSO_KEYS, warnings)
-    return SSOSpec(
-        permission_set_name=as_str(sec.get("permissionSetName")),
-        account_id=as_str(sec.get("accountID")),
-        partition=as_str(sec.get("partition")),
-    )
 
 
 def _user(val: Located, warnings: list[str]) -> UserMapping:
     """One `mapUsers` entry; the ARN must parse, and is only lower-cased (as upstream)."""
-    sec = section(val, ("userarn", "username", "groups", "userid"), warnings)
-    userarn = as_str(sec.get("userarn"))
-    if not userarn:
-        val.fail("value for userarn must be supplied")
-    _check_arn(sec["userarn"], warnings)
-    return UserMapping(
-        userarn=userarn.lower(),
-        username=as_str(sec.get("username")),
-        groups=as_strs(sec.get("groups")),
-    )
+    entry, keys = read_user(val, warnings)
+    _check_arn(keys["userarn"], warnings)
+    return UserMapping(userarn=entry.userarn.lower(), username=entry.username, groups=entry.groups)
 
 
 def _check_arn(val: Located, warnings: list[str]) -> None:
