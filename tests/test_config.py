@@ -650,6 +650,17 @@ def test_extra_sts_endpoints() -> None:
     )
 
 
+def test_extra_sts_regions() -> None:
+    """Extra STS regions come from the flag or the config key; a bad name fails with its key."""
+    s = _settings(flags={"cluster_ids": ["c"], "extra_sts_regions": ["us-moon-1", "us-moon-1"]})
+    assert s.extra_sts_regions == ("us-moon-1",)
+    s = _settings("clusterID: c\nserver:\n  extraSTSRegions: [eu-moon-2]\n")
+    assert s.extra_sts_regions == ("eu-moon-2",)
+    assert _error("clusterID: c\nserver:\n  extraSTSRegions:\n  - us.moon\n") == (
+        'config.yaml:4: server.extraSTSRegions[0]: "us.moon" is not a valid region name'
+    )
+
+
 def test_scrubbed_accounts_from_file() -> None:
     """server.scrubbedAccounts is read as account ID strings."""
     s = _settings("clusterID: c\nserver:\n  scrubbedAccounts: ['000000000000', 111122223333]\n")

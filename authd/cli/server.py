@@ -30,6 +30,7 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ec2_describe_instances_qps": ("--ec2-describeInstances-qps", {}),
     "ec2_describe_instances_burst": ("--ec2-describeInstances-burst", {}),
     "extra_sts_endpoints": ("--extra-sts-endpoint", {"action": "append"}),
+    "extra_sts_regions": ("--extra-sts-region", {"action": "append"}),
     "dynamicfile_path": ("--dynamicfile-path", {}),
     "dynamicfile_userid_strict": ("--dynamicfile-userid-strict", {"nargs": "?", "const": "true"}),
     "sts_timeout": ("--sts-timeout", {}),

@@ -63,6 +63,7 @@ _SERVER_KEYS = (
     "mapUsers",
     "mapAccounts",
     "extraSTSEndpoints",
+    "extraSTSRegions",
     "stsTimeout",
     "stsQPS",
     "stsBurst",

@@ -39,7 +39,7 @@ from authd.names import (
     LOG_LEVELS,
     LOG_VERBOSITY_ENV,
 )
-from authd.token import sts_origin
+from authd.token import sts_origin, sts_region
 
 
 def _backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
@@ -80,6 +80,14 @@ def _sts_origin(val: Located) -> str:
     """Validate one extra STS endpoint with the token verifier's own rule."""
     try:
         return sts_origin(as_str(val))
+    except ConfigError as exc:
+        val.fail(str(exc))
+
+
+def _sts_region(val: Located) -> str:
+    """Validate one extra STS region name with the token verifier's own rule."""
+    try:
+        return sts_region(as_str(val))
     except ConfigError as exc:
         val.fail(str(exc))
 
@@ -191,6 +199,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         lambda v: tuple(dict.fromkeys(_sts_origin(i) for i in items(v))),
         (),
     ),
+    _Setting(
+        "extra_sts_regions",
+        "--extra-sts-region",
+        "server.extraSTSRegions",
+        lambda v: tuple(dict.fromkeys(_sts_region(i) for i in items(v))),
+        (),
+    ),
     _Setting("dynamicfile_path", "--dynamicfile-path", "server.dynamicfilepath", as_str, ""),
     _Setting(
         "dynamicfile_userid_strict",
@@ -285,6 +300,7 @@ class ServerSettings:
     source_arn: str = ""
     scrubbed_accounts: tuple[str, ...] = ()
     extra_sts_endpoints: tuple[str, ...] = ()
+    extra_sts_regions: tuple[str, ...] = ()
     dynamicfile_path: str = ""
     dynamicfile_userid_strict: bool = False
     dynamic_backend_mode_path: str = ""
