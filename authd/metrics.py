@@ -302,6 +302,11 @@ class Metrics:
         self.identity_cache_entries = Gauge(
             "authd_identity_cache_entries", "Identities in the cache now.", registry=reg
         )
+        self.identity_cache_bytes = Gauge(
+            "authd_identity_cache_bytes",
+            "Estimated bytes the cached identities hold now (bounded by --identity-cache-bytes).",
+            registry=reg,
+        )
         self.sts_calls = Counter(
             "authd_sts_calls_total",
             "GetCallerIdentity requests sent, by outcome (ok, rejected, throttled, "
@@ -360,9 +365,13 @@ class Metrics:
         """An identity left the cache: `size` (LRU bound) or `expired`."""
         self.identity_cache_evictions.labels(cause=cause).inc()
 
-    def watch_identity_cache(self, size: Callable[[], int]) -> None:
-        """Read the cache's entry count from `size` at each scrape."""
+    def watch_identity_cache(
+        self, size: Callable[[], int], *, size_bytes: Callable[[], int] | None = None
+    ) -> None:
+        """Read the cache's entry count from `size`, and its bytes from `size_bytes`, at scrape."""
         self.identity_cache_entries.set_function(size)
+        if size_bytes is not None:
+            self.identity_cache_bytes.set_function(size_bytes)
 
     def sts_call(self, outcome: str) -> None:
         """One GetCallerIdentity request ended with `outcome` (one of STS_CALL_OUTCOMES)."""

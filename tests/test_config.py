@@ -359,6 +359,7 @@ def test_defaults_without_file_or_flags() -> None:
     assert (s.ec2_describe_instances_qps, s.ec2_describe_instances_burst) == (15, 5)
     assert (s.sts_timeout, s.sts_qps, s.sts_burst) == (10.0, 50.0, 100)
     assert (s.identity_cache_size, s.ec2_cache_ttl, s.ec2_batch_window) == (100000, 900.0, 0.01)
+    assert (s.identity_cache_bytes, s.extra_sts_regions) == (16 * 1024 * 1024, ())
     assert (s.health_address, s.log_verbosity, s.log_format) == ("", "info", "json")
     assert s.feature_gates == FeatureGates()
     assert s.mapping == MappingConfig()
@@ -429,6 +430,7 @@ def test_unknown_flag_key_is_refused() -> None:
         ({"sts_timeout": "10"}, "--sts-timeout: invalid duration"),
         ({"sts_timeout": "0s"}, "--sts-timeout: must be greater than zero"),
         ({"identity_cache_size": -1}, "--identity-cache-size: must not be negative"),
+        ({"identity_cache_bytes": -1}, "--identity-cache-bytes: must not be negative"),
         ({"kubeconfig_pregenerated": "yes"}, "--kubeconfig-pregenerated: expected true or false"),
         ({"health_address": "nowhere"}, '--health-address: "nowhere" is not a host:port'),
     ],

@@ -37,6 +37,7 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "sts_qps": ("--sts-qps", {}),
     "sts_burst": ("--sts-burst", {}),
     "identity_cache_size": ("--identity-cache-size", {}),
+    "identity_cache_bytes": ("--identity-cache-bytes", {}),
     "ec2_cache_ttl": ("--ec2-cache-ttl", {}),
     "ec2_batch_window": ("--ec2-batch-window", {}),
     "health_address": ("--health-address", {}),

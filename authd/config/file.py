@@ -68,6 +68,7 @@ _SERVER_KEYS = (
     "stsQPS",
     "stsBurst",
     "identityCacheSize",
+    "identityCacheBytes",
     "ec2CacheTTL",
     "ec2BatchWindow",
     "healthAddress",

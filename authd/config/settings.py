@@ -226,6 +226,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         100000,
     ),
     _Setting(
+        "identity_cache_bytes",
+        "--identity-cache-bytes",
+        "server.identityCacheBytes",
+        _non_negative(as_int),
+        16 * 1024 * 1024,
+    ),
+    _Setting(
         "ec2_cache_ttl", "--ec2-cache-ttl", "server.ec2CacheTTL", _non_negative(as_duration), 900.0
     ),
     _Setting(
@@ -308,6 +315,7 @@ class ServerSettings:
     sts_qps: float = 50.0
     sts_burst: int = 100
     identity_cache_size: int = 100000
+    identity_cache_bytes: int = 16 * 1024 * 1024
     ec2_cache_ttl: float = 900.0
     ec2_batch_window: float = 0.01
     health_address: str = ""
