@@ -440,8 +440,10 @@ class _ReviewSeries(Collector):
     prometheus_client's metrics take a lock and check their state on each observation: four of
     them per review cost about 25 us of the daemon's CPU per review under load (an A/B run:
     258 vs 233 us; docs/sts-protection.md).
-    Reviews are counted, and /metrics rendered, on the daemon's one trio thread, so plain
-    numbers need no lock.
+    Reviews are counted on the daemon's one trio thread, so plain numbers need no lock.
+    /metrics is rendered in a worker thread: `collect` copies the label sets in one step
+    (atomic under the GIL) and reads each one's numbers, which at worst miss a review that
+    is being counted at that instant; the next scrape has it.
     """
 
     FAMILIES = (
