@@ -60,6 +60,8 @@ _INT64 = 2**63
 _REGION_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# RFC 3986 query: unreserved, sub-delims, `:@/?` and `%` (escapes are checked on their own).
+_NOT_QUERY_CHAR = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 _SECRET_PARAM = re.compile(r"(?i)(x-amz-(?:signature|security-token)=)[^&#]*")
 # Characters Go's net/url lets through unescaped in a host name.
 _HOST_CHARS = frozenset(string.ascii_letters + string.digits + "-_.~!$&'()*+,;=:[]<>\"")
@@ -101,6 +103,58 @@ PARTITIONS: tuple[str, ...] = tuple(_PARTITIONS)
 """The partition names, in the SDK's order; `authd.arn` takes its list from here."""
 # The SDK's region lists add only these names to what the patterns above already match.
 _LISTED_REGIONS = {f"{name}-global": name for name in _PARTITIONS if name != "aws-eusc"}
+# The regions with an STS endpoint, per partition, from botocore's endpoints.json (1.44). Only
+# these (and regions the operator adds with `--extra-sts-region`) may name an STS host: a pattern
+# alone let `sts.<anything>.amazonaws.com` through, and `sts.s3.amazonaws.com` is S3's host.
+KNOWN_REGIONS: dict[str, frozenset[str]] = {
+    "aws": frozenset(
+        {
+            "af-south-1",
+            "ap-east-1",
+            "ap-east-2",
+            "ap-northeast-1",
+            "ap-northeast-2",
+            "ap-northeast-3",
+            "ap-south-1",
+            "ap-south-2",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ap-southeast-3",
+            "ap-southeast-4",
+            "ap-southeast-5",
+            "ap-southeast-6",
+            "ap-southeast-7",
+            "ca-central-1",
+            "ca-west-1",
+            "eu-central-1",
+            "eu-central-2",
+            "eu-north-1",
+            "eu-south-1",
+            "eu-south-2",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+            "il-central-1",
+            "me-central-1",
+            "me-south-1",
+            "mx-central-1",
+            "sa-east-1",
+            "us-east-1",
+            "us-east-2",
+            "us-west-1",
+            "us-west-2",
+        }
+    ),
+    "aws-cn": frozenset({"cn-north-1", "cn-northwest-1"}),
+    "aws-us-gov": frozenset({"us-gov-east-1", "us-gov-west-1"}),
+    "aws-iso": frozenset({"us-iso-east-1", "us-iso-west-1"}),
+    "aws-iso-b": frozenset({"us-isob-east-1", "us-isob-west-1"}),
+    "aws-iso-e": frozenset({"eu-isoe-west-1"}),
+    "aws-iso-f": frozenset({"us-isof-east-1", "us-isof-south-1"}),
+    "aws-eusc": frozenset({"eusc-de-east-1"}),
+}
+"""Regions whose STS hosts a token may name, by partition; `global` is `sts.amazonaws.com`."""
+_MAX_DNS_LABEL = 63
 
 # Go's time layout for X-Amz-Date, walked element by element as Go's time.Parse does:
 # (layout element, what it accepts, range name or "", lowest, highest).
@@ -167,15 +221,22 @@ class EndpointPolicy:
 
     `extra_origins` are normalised `scheme://host[:port]` texts (lower case) that bypass the
     scheme and host checks C5/C6, for VPC endpoints and for a local STS in tests.
+    `extra_regions` are region names added to `KNOWN_REGIONS` (a region newer than this release).
     """
 
     partition: str
     region: str = ""
     extra_origins: frozenset[str] = frozenset()
+    extra_regions: frozenset[str] = frozenset()
 
     @classmethod
     def create(
-        cls, *, partition: str, region: str = "", extra_origins: Iterable[str] = ()
+        cls,
+        *,
+        partition: str,
+        region: str = "",
+        extra_origins: Iterable[str] = (),
+        extra_regions: Iterable[str] = (),
     ) -> EndpointPolicy:
         """Validate the verifier's partition and extra origins and build the policy.
 
@@ -183,15 +244,31 @@ class EndpointPolicy:
             partition: one of the eight partition names (`aws`, `aws-cn`, ...).
             region: the server's own region; `sts.<region>.<domain>` is then also allowed.
             extra_origins: `scheme://host[:port]` texts; `http` only for loopback hosts.
+            extra_regions: region names whose `sts.<region>.<domain>` hosts are accepted too.
 
         Raises:
-            ConfigError: an unknown partition or a malformed or non-loopback http origin.
+            ConfigError: an unknown partition, a malformed or non-loopback http origin, or a
+                malformed region name.
         """
         if partition not in _PARTITIONS:
             names = ", ".join(_PARTITIONS)
             raise ConfigError(f"invalid partition {partition!r}: expected one of {names}")
         origins = frozenset(sts_origin(origin) for origin in extra_origins)
-        return cls(partition=partition, region=region, extra_origins=origins)
+        regions = frozenset(sts_region(name) for name in extra_regions)
+        return cls(partition=partition, region=region, extra_origins=origins, extra_regions=regions)
+
+
+def sts_region(text: str) -> str:
+    """Check one extra STS region name (`--extra-sts-region`) and return it.
+
+    Raises:
+        ConfigError: `"<text>" is not a valid region name`: not a DNS label of letters, digits
+            and inner hyphens of at most 63 characters.
+    """
+    name = text.strip()
+    if _REGION_ID.fullmatch(name) is None or len(name) > _MAX_DNS_LABEL:
+        raise ConfigError(f"{_quote(text)} is not a valid region name")
+    return name
 
 
 def sts_origin(text: str) -> str:
@@ -246,6 +323,7 @@ class PresignedRequest:
     """A token that passed every local check: what to send to STS and what it claims.
 
     `url` carries the signature, so it is left out of `repr` to keep it out of logs.
+    `expires_at` is `min(signed_at, now) + 15 minutes`: how long an answer about it may be kept.
     """
 
     url: str = field(repr=False)
@@ -289,7 +367,9 @@ def verify(token: str, *, now: datetime, policy: EndpointPolicy) -> PresignedReq
         region_label=region_label,
         access_key_id=params.get("x-amz-credential", "").split("/")[0],
         signed_at=signed_at,
-        expires_at=signed_at + LIFETIME,
+        # X-Amz-Date is the caller's to choose: a date in the future must not keep an answer
+        # cached for longer than a token signed now would be valid.
+        expires_at=min(signed_at, now) + LIFETIME,
     )
 
 
@@ -406,17 +486,28 @@ def _unescape(text: str) -> str:
 
 
 def _check_origin(url: _Url, policy: EndpointPolicy) -> str:
-    """Apply C5 and C6, or accept an extra origin; return the StsRegion label."""
-    if f"{url.scheme}://{url.host.lower()}" in policy.extra_origins:
-        return url.host
+    """Apply C5 and C6, or accept an extra origin; return the StsRegion label.
+
+    The label is always a known or configured region, `global`, or a configured extra origin's
+    host, so a token cannot add a metric series (docs/metrics.md).
+    """
+    origin = f"{url.scheme}://{url.host.lower()}"
+    if origin in policy.extra_origins:
+        return origin.partition("://")[2]
     if url.scheme != "https":
         raise TokenFormatError(f"unexpected scheme {_quote(url.scheme)} in pre-signed URL")
-    return _check_host(url.host, policy.partition, policy.region)
+    return _check_host(url.host, policy.partition, policy.region, policy.extra_regions)
 
 
 @functools.lru_cache(maxsize=1024)
-def _check_host(host: str, partition: str, configured_region: str) -> str:
-    """Apply section D to one host and return its region label; accepted hosts are memoised."""
+def _check_host(
+    host: str, partition: str, configured_region: str, extra_regions: frozenset[str]
+) -> str:
+    """Apply section D to one host and return its region label; accepted hosts are memoised.
+
+    Beyond upstream's rules, a regional host's region must be known (`KNOWN_REGIONS`), the
+    server's own, or configured with `--extra-sts-region`.
+    """
     region = _region_label(host)
     if region == "global":
         if partition != "aws":
@@ -424,10 +515,12 @@ def _check_host(host: str, partition: str, configured_region: str) -> str:
         return region
     if _REGION_ID.fullmatch(region) is None:
         raise TokenFormatError(f"invalid region identifier format provided: {region}")
+    known = region in KNOWN_REGIONS[_sdk_partition_name(region)] or region in extra_regions
     if host in _sdk_hosts(region):
         if host.split(".", 2)[2] not in _PARTITIONS[partition].domains:
             raise TokenFormatError(f"partition {{{partition}}} does not support hostname {host}")
-        return region
+        if known or region == configured_region:
+            return region
     if host in _configured_hosts(partition, configured_region):
         return region
     raise TokenFormatError(f"unexpected hostname {_quote(host)} in pre-signed URL")
@@ -466,7 +559,7 @@ def _sdk_partition_name(region: str) -> str:
 
 def _configured_hosts(partition: str, region: str) -> frozenset[str]:
     """D5: `sts.<region>.<domain>` for the verifier's own (valid) region."""
-    if _REGION_ID.fullmatch(region) is None:
+    if _REGION_ID.fullmatch(region) is None or len(region) > _MAX_DNS_LABEL:
         return frozenset()
     return frozenset(f"sts.{region}.{domain}" for domain in _PARTITIONS[partition].domains)
 
@@ -501,8 +594,10 @@ def _parse_query(raw: str) -> dict[str, str]:
 def _query_values(raw: str) -> dict[str, list[str]]:
     """Split on `&` and the first `=`, unescape (`+` is a space); `;` or bad `%` fail (C8)."""
     # A `%` escape cannot span two pieces (`&` is no hex digit), so checking the whole query
-    # at once fails exactly when checking piece by piece would.
-    if ";" in raw or _BAD_ESCAPE.search(raw):
+    # at once fails exactly when checking piece by piece would. Bytes RFC 3986 does not allow
+    # in a query (space, `"`, `<`, `\\`, `{`, ...) would be re-encoded or refused on the way
+    # to STS; the token is malformed, so it is refused here, before any request.
+    if ";" in raw or _BAD_ESCAPE.search(raw) or _NOT_QUERY_CHAR.search(raw):
         raise TokenFormatError("malformed query parameter")
     values: dict[str, list[str]] = {}
     for piece in raw.split("&"):

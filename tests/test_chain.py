@@ -330,25 +330,35 @@ def test_sso_uses_the_given_partition() -> None:
     """An SSO entry with a partition matches roles in that partition only (upstream bug fixed)."""
     table = _mounted(SSO, sso=True)
     cn = Identity(
-        arn="arn:aws-cn:sts::000000000000:assumed-role/AWSReservedSSO_Admin_Access_0f1e/jane",
-        canonical_arn="arn:aws-cn:iam::000000000000:role/AWSReservedSSO_Admin_Access_0f1e",
+        arn="arn:aws-cn:sts::000000000000:assumed-role/AWSReservedSSO_Admin_Access_0f1e2d3c4b5a6978/jane",
+        canonical_arn="arn:aws-cn:iam::000000000000:role/AWSReservedSSO_Admin_Access_0f1e2d3c4b5a6978",
         account_id=ACCOUNT,
         user_id="AROASSO:jane",
         session_name="jane",
         access_key_id="ASIA",
     )
     assert table.lookup(cn) is not None
-    assert table.lookup(_role_identity("AWSReservedSSO_Admin_Access_0f1e")) is None
+    assert table.lookup(_role_identity("AWSReservedSSO_Admin_Access_0f1e2d3c4b5a6978")) is None
     assert _mounted(SSO, sso=False).lookup(cn) is None
 
 
 def test_sso_requires_the_permission_set_separator() -> None:
     """The pattern is `AWSReservedSSO_<set>_*`: another set sharing a prefix does not match."""
     table = _mounted(SSO.replace(", partition: aws-cn", ""), sso=True)
-    assert table.lookup(_role_identity("AWSReservedSSO_Admin_Access_abc")) is not None
-    assert table.lookup(_role_identity("awsreservedsso_admin_access_abc")) is not None
-    assert table.lookup(_role_identity("AWSReservedSSO_Admin_AccessX_abc")) is None
+    assert table.lookup(_role_identity("AWSReservedSSO_Admin_Access_0123456789abcdef")) is not None
+    assert table.lookup(_role_identity("awsreservedsso_admin_access_0123456789ABCDEF")) is not None
+    assert table.lookup(_role_identity("AWSReservedSSO_Admin_AccessX_0123456789abcdef")) is None
     assert table.lookup(_role_identity("AWSReservedSSO_Admin_Access")) is None
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    ["abc", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeg", "0123456789abcdef/x", ""],
+)
+def test_sso_suffix_is_exactly_16_hex_digits(suffix: str) -> None:
+    """Only `AWSReservedSSO_<set>_` plus 16 hex digits matches, as Identity Center names roles."""
+    table = _mounted(SSO.replace(", partition: aws-cn", ""), sso=True)
+    assert table.lookup(_role_identity(f"AWSReservedSSO_Admin_Access_{suffix}")) is None
 
 
 def test_mounted_lookup_is_constant_time_on_a_large_table() -> None:

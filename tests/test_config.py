@@ -359,6 +359,7 @@ def test_defaults_without_file_or_flags() -> None:
     assert (s.ec2_describe_instances_qps, s.ec2_describe_instances_burst) == (15, 5)
     assert (s.sts_timeout, s.sts_qps, s.sts_burst) == (10.0, 50.0, 100)
     assert (s.identity_cache_size, s.ec2_cache_ttl, s.ec2_batch_window) == (100000, 900.0, 0.01)
+    assert (s.identity_cache_bytes, s.extra_sts_regions) == (16 * 1024 * 1024, ())
     assert (s.health_address, s.log_verbosity, s.log_format) == ("", "info", "json")
     assert s.feature_gates == FeatureGates()
     assert s.mapping == MappingConfig()
@@ -429,6 +430,7 @@ def test_unknown_flag_key_is_refused() -> None:
         ({"sts_timeout": "10"}, "--sts-timeout: invalid duration"),
         ({"sts_timeout": "0s"}, "--sts-timeout: must be greater than zero"),
         ({"identity_cache_size": -1}, "--identity-cache-size: must not be negative"),
+        ({"identity_cache_bytes": -1}, "--identity-cache-bytes: must not be negative"),
         ({"kubeconfig_pregenerated": "yes"}, "--kubeconfig-pregenerated: expected true or false"),
         ({"health_address": "nowhere"}, '--health-address: "nowhere" is not a host:port'),
     ],
@@ -647,6 +649,17 @@ def test_extra_sts_endpoints() -> None:
     assert _error("clusterID: c\nserver:\n  extraSTSEndpoints:\n  - https://h/path\n") == (
         'config.yaml:4: server.extraSTSEndpoints[0]: "https://h/path" is not a valid STS '
         "endpoint: expected scheme://host[:port]"
+    )
+
+
+def test_extra_sts_regions() -> None:
+    """Extra STS regions come from the flag or the config key; a bad name fails with its key."""
+    s = _settings(flags={"cluster_ids": ["c"], "extra_sts_regions": ["us-moon-1", "us-moon-1"]})
+    assert s.extra_sts_regions == ("us-moon-1",)
+    s = _settings("clusterID: c\nserver:\n  extraSTSRegions: [eu-moon-2]\n")
+    assert s.extra_sts_regions == ("eu-moon-2",)
+    assert _error("clusterID: c\nserver:\n  extraSTSRegions:\n  - us.moon\n") == (
+        'config.yaml:4: server.extraSTSRegions[0]: "us.moon" is not a valid region name'
     )
 
 

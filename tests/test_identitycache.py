@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +10,13 @@ import trio
 import trio.testing
 
 from authd.identity import Identity
-from authd.server.sts.identitycache import CachedIdentity, IdentityCache, SingleFlight, token_key
+from authd.server.sts.identitycache import (
+    CachedIdentity,
+    IdentityCache,
+    SingleFlight,
+    entry_bytes,
+    token_key,
+)
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
 TOKEN = "k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9uPUdldENhbGxlcklkZW50aXR5"
@@ -54,6 +61,59 @@ def test_entry_lives_until_the_token_expires_inclusive() -> None:
     assert cache.get(b"k", now=expires + timedelta(microseconds=1)) is None
     assert causes == ["expired"]
     assert len(cache) == 0
+
+
+def test_bytes_bound_evicts_least_recently_used() -> None:
+    """With room for many entries but few bytes, the byte bound evicts, oldest first."""
+    causes: list[str] = []
+    size = entry_bytes(entry("user-000"))
+    cache = IdentityCache(max_entries=1000, max_bytes=3 * size, on_evict=causes.append)
+    for index in range(10):
+        cache.put(f"k{index}".encode(), entry(f"user-{index:03d}"))
+    assert len(cache) == 3 and cache.size_bytes == 3 * size
+    assert [cache.get(f"k{i}".encode(), now=NOW) is not None for i in (6, 7, 8, 9)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert causes == ["size"] * 7
+
+
+def test_long_strings_take_more_of_the_byte_bound() -> None:
+    """STS chooses string lengths: a long ARN counts in full, and one over the bound is skipped."""
+    cache = IdentityCache(max_entries=1000, max_bytes=entry_bytes(entry("a" * 2000)))
+    cache.put(b"small", entry("bob"))
+    cache.put(b"big", entry("a" * 2000))
+    assert len(cache) == 1 and cache.get(b"big", now=NOW) is not None
+    cache.put(b"huge", entry("a" * 5000))
+    assert cache.get(b"huge", now=NOW) is None and cache.get(b"big", now=NOW) is not None
+
+
+def test_replacing_a_key_does_not_count_it_twice() -> None:
+    """Putting the same key again replaces its bytes rather than adding to them."""
+    cache = IdentityCache(max_entries=10)
+    cache.put(b"k", entry("alice"))
+    cache.put(b"k", entry("alice"))
+    assert (len(cache), cache.size_bytes) == (1, entry_bytes(entry("alice")))
+
+
+def test_entry_estimate_is_not_below_the_real_cost() -> None:
+    """tracemalloc over 5,000 distinct entries: the estimate covers what they really allocate."""
+    cache = IdentityCache(max_entries=10_000, max_bytes=10**9)
+    entries = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(5000):
+            made = entry(f"user-{index:08d}")
+            entries.append(made)
+            cache.put(token_key(f"token-{index}"), made)
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    allocated -= 5000 * 8  # the test's own list of references
+    assert allocated <= cache.size_bytes, (allocated, cache.size_bytes)
 
 
 def test_least_recently_used_goes_first() -> None:

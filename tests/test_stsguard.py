@@ -156,6 +156,8 @@ async def test_distinct_tokens_each_ask_once(autojump_clock: trio.testing.MockCl
         await identify(guard, make_token(n))
     assert sts.calls == 3
     assert metrics.registry.get_sample_value("authd_identity_cache_entries") == 3
+    cache_bytes = metrics.registry.get_sample_value("authd_identity_cache_bytes")
+    assert cache_bytes == guard.cache.size_bytes > 0
 
 
 async def test_concurrent_reviews_share_one_call(autojump_clock: trio.testing.MockClock) -> None:

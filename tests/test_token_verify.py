@@ -55,11 +55,24 @@ def _error(token: str, policy: EndpointPolicy = AWS, now: datetime = NOW) -> str
     return str(caught.value)
 
 
+# Vectors of upstream's D7 ("any well-formed sts.<label>.amazonaws.com passes") that authd
+# refuses: a region must be known or configured (docs/upstream-compat.md, D7). Each one passes
+# once its region is configured with `--extra-sts-region`.
+UNKNOWN_REGION_VECTORS = {"ok_unknown_region_commercial_format": "not-a-region"}
+
+
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_vector(vector: dict[str, Any]) -> None:
     """Each spec vector passes, or fails with a format error containing its expected text."""
     policy = EndpointPolicy.create(partition=vector["partition"], region=vector["region"])
     now = datetime.fromisoformat(vector["now"])
+    if vector["name"] in UNKNOWN_REGION_VECTORS:
+        assert "unexpected hostname" in _error(vector["token"], policy, now)
+        policy = EndpointPolicy.create(
+            partition=vector["partition"],
+            region=vector["region"],
+            extra_regions=[UNKNOWN_REGION_VECTORS[vector["name"]]],
+        )
     if vector["expect"] == "ok":
         request = verify(vector["token"], now=now, policy=policy)
         assert request.url.partition("?")[2] == vector["url"].partition("?")[2]
@@ -300,7 +313,7 @@ def test_expires_overflow_is_reported_clamped() -> None:
 )
 def test_date_parse_errors(date: str, message: str) -> None:
     """X-Amz-Date faults are reported with Go's time.Parse wording (C15)."""
-    text = _error(_wrap(_url(**{"X-Amz-Date": date})))
+    text = _error(_wrap(_url(**{"X-Amz-Date": date.replace(" ", "%20")})))
     assert f"error parsing X-Amz-Date parameter {date} into format 20060102T150405Z: " in text
     assert text.endswith(message)
 
@@ -318,3 +331,72 @@ def test_now_must_be_timezone_aware() -> None:
     """A naive clock is a programming error, refused rather than compared wrongly."""
     with pytest.raises(ValueError, match="timezone-aware"):
         verify(_wrap(_url()), now=NOW.replace(tzinfo=None), policy=AWS)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "sts.s3.amazonaws.com",  # S3's host, not STS
+        "sts.not-a-region.amazonaws.com",
+        "sts-fips.us-moon-1.amazonaws.com",
+        "sts.us-moon-1.api.aws",
+        "sts." + "a" * 64 + ".amazonaws.com",  # a label idna cannot encode
+    ],
+)
+def test_host_of_an_unknown_region_is_refused(host: str) -> None:
+    """Only known (or configured) regions may name an STS host, whatever the pattern allows."""
+    assert "unexpected hostname" in _error(_wrap(_url(f"https://{host}")))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "sts.us-east-1.amazonaws.com",
+        "sts-fips.us-west-2.amazonaws.com",
+        "sts.eu-west-1.api.aws",
+        "sts.us-gov-west-1.amazonaws.com",
+        "sts.amazonaws.com",
+    ],
+)
+def test_hosts_of_known_regions_pass(host: str) -> None:
+    """Regional, FIPS, dual-stack and global hosts of known regions pass in partition aws."""
+    assert verify(_wrap(_url(f"https://{host}")), now=NOW, policy=AWS).host == host
+
+
+def test_a_new_region_is_added_by_configuration() -> None:
+    """A region newer than the built-in list passes once configured, with its own label."""
+    token = _wrap(_url("https://sts.us-moon-1.amazonaws.com"))
+    assert "unexpected hostname" in _error(token)
+    policy = EndpointPolicy.create(partition="aws", extra_regions=[" us-moon-1 "])
+    assert verify(token, now=NOW, policy=policy).region_label == "us-moon-1"
+    fips = _wrap(_url("https://sts-fips.us-moon-1.amazonaws.com"))
+    assert verify(fips, now=NOW, policy=policy).region_label == "us-moon-1"
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a_b", "a" * 64, "us.east"])
+def test_malformed_extra_region_is_a_config_error(name: str) -> None:
+    """A configured region must be one DNS label; anything else fails at start."""
+    with pytest.raises(ConfigError, match="is not a valid region name"):
+        EndpointPolicy.create(partition="aws", extra_regions=[name])
+
+
+def test_extra_origin_label_is_the_configured_origin_in_lower_case() -> None:
+    """An extra origin's StsRegion label is its configured host, whatever case the token uses."""
+    policy = EndpointPolicy.create(partition="aws", extra_origins=["https://VPCE.example.com"])
+    token = _wrap(_url("https://vPcE.Example.com"))
+    assert verify(token, now=NOW, policy=policy).region_label == "vpce.example.com"
+
+
+@pytest.mark.parametrize("char", list(' "<>\\^`{|}[]'))
+def test_query_bytes_outside_rfc3986_are_malformed(char: str) -> None:
+    """A query byte RFC 3986 does not allow is a local format error, never sent to STS."""
+    token = _wrap(_url(**{"X-Amz-Signature": f"ab{char}cd"}))
+    assert _error(token).endswith("malformed query parameter")
+
+
+def test_future_date_does_not_extend_validity() -> None:
+    """A token dated in the future expires 15 minutes after now, not after its own date."""
+    token = _wrap(_url(**{"X-Amz-Date": "20240116T120000Z"}))  # a day after NOW
+    request = verify(token, now=NOW, policy=AWS)
+    assert request.expires_at == NOW + timedelta(minutes=15)
+    assert request.signed_at == datetime(2024, 1, 16, 12, 0, tzinfo=UTC)

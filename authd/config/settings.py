@@ -39,7 +39,7 @@ from authd.names import (
     LOG_LEVELS,
     LOG_VERBOSITY_ENV,
 )
-from authd.token import sts_origin
+from authd.token import sts_origin, sts_region
 
 
 def parse_backend_modes(raw: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
@@ -82,6 +82,14 @@ def _sts_origin(val: Located) -> str:
     """Validate one extra STS endpoint with the token verifier's own rule."""
     try:
         return sts_origin(as_str(val))
+    except ConfigError as exc:
+        val.fail(str(exc))
+
+
+def _sts_region(val: Located) -> str:
+    """Validate one extra STS region name with the token verifier's own rule."""
+    try:
+        return sts_region(as_str(val))
     except ConfigError as exc:
         val.fail(str(exc))
 
@@ -193,6 +201,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         lambda v: tuple(dict.fromkeys(_sts_origin(i) for i in items(v))),
         (),
     ),
+    _Setting(
+        "extra_sts_regions",
+        "--extra-sts-region",
+        "server.extraSTSRegions",
+        lambda v: tuple(dict.fromkeys(_sts_region(i) for i in items(v))),
+        (),
+    ),
     _Setting("dynamicfile_path", "--dynamicfile-path", "server.dynamicfilepath", as_str, ""),
     _Setting(
         "dynamicfile_userid_strict",
@@ -211,6 +226,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         "server.identityCacheSize",
         _non_negative(as_int),
         100000,
+    ),
+    _Setting(
+        "identity_cache_bytes",
+        "--identity-cache-bytes",
+        "server.identityCacheBytes",
+        _non_negative(as_int),
+        16 * 1024 * 1024,
     ),
     _Setting(
         "ec2_cache_ttl", "--ec2-cache-ttl", "server.ec2CacheTTL", _non_negative(as_duration), 900.0
@@ -287,6 +309,7 @@ class ServerSettings:
     source_arn: str = ""
     scrubbed_accounts: tuple[str, ...] = ()
     extra_sts_endpoints: tuple[str, ...] = ()
+    extra_sts_regions: tuple[str, ...] = ()
     dynamicfile_path: str = ""
     dynamicfile_userid_strict: bool = False
     dynamic_backend_mode_path: str = ""
@@ -294,6 +317,7 @@ class ServerSettings:
     sts_qps: float = 50.0
     sts_burst: int = 100
     identity_cache_size: int = 100000
+    identity_cache_bytes: int = 16 * 1024 * 1024
     ec2_cache_ttl: float = 900.0
     ec2_batch_window: float = 0.01
     health_address: str = ""

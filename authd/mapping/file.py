@@ -9,6 +9,7 @@ last entry wins, as upstream's map assignment does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,6 +19,10 @@ from authd.identity import Identity
 from authd.mapping import Entry
 
 NAME = "MountedFile"
+# What IAM Identity Center appends to `AWSReservedSSO_<permission set>_`: 16 hex digits (the
+# ARN is lower-cased before the lookup). A bare prefix also matched roles anyone able to create
+# roles in the account could name `AWSReservedSSO_<set>_anything`.
+_SSO_SUFFIX = re.compile("[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +72,7 @@ class MountedFileTable:
             fields = key.split(":", 5)
             head, resource = ":".join(fields[:5]) + ":", fields[-1]
             for prefix, candidate in self.sso.get(head, ()):
-                if resource.startswith(prefix):
+                if resource.startswith(prefix) and _SSO_SUFFIX.fullmatch(resource[len(prefix) :]):
                     return candidate
         return self.users.get(key)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import structlog
+import trio
 
 from authd.errors import AuthdError, TokenFormatError
 from authd.logs import ReviewLog, log_review
@@ -67,7 +68,9 @@ class App:
             ok, why = self._ready()
             return _text(200 if ok else 503, why)
         if request.path == "/metrics":
-            body, content_type = self._metrics.render()
+            # In a worker thread: with every label set at its bound, rendering takes
+            # milliseconds that reviews on the loop need not wait for (docs/BENCHMARKS.md).
+            body, content_type = await trio.to_thread.run_sync(self._metrics.render)
             return Response(status=200, headers=(("content-type", content_type),), body=body)
         return _text(404, "404 page not found\n")
 

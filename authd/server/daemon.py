@@ -106,7 +106,10 @@ async def run_server(
     pair = write_state(settings)
     ssl_context = tls.server_ssl_context(pair)
     policy = EndpointPolicy.create(
-        partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
+        partition=settings.partition,
+        region=region,
+        extra_origins=settings.extra_sts_endpoints,
+        extra_regions=settings.extra_sts_regions,
     )
     async with (
         open_sts_client(

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator
 from http.cookiejar import CookieJar
 from typing import Any, cast
+from xml.parsers import expat
 
 import httpx
 
@@ -24,6 +25,7 @@ from authd.errors import (
     StsRejectedError,
     StsThrottledError,
     StsUnavailableError,
+    TokenFormatError,
 )
 from authd.gotext import go_quote
 from authd.identity import Identity
@@ -82,15 +84,21 @@ class StsClient:
     async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
         """One GET, never following redirects; returns status, body and content type."""
         headers = {**self._headers, CLUSTER_ID_HEADER: cluster_id}
-        # httpx.Request, not client.build_request: the client has no base URL, cookies or
-        # params to merge, and merging would parse the long presigned URL a second time.
-        outgoing = httpx.Request("GET", request.url, headers=headers, extensions=self._extensions)
         try:
+            # httpx.Request, not client.build_request: the client has no base URL, cookies or
+            # params to merge, and merging would parse the long presigned URL a second time.
+            outgoing = httpx.Request(
+                "GET", request.url, headers=headers, extensions=self._extensions
+            )
             response = await self._http.send(outgoing, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
             raise StsUnavailableError(
                 f"error during GET: {_cause(exc)} on {request.region_label} endpoint"
             ) from exc
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            # A URL that passed the local checks but that httpx or the resolver cannot use (a
+            # host label idna cannot encode): the token is malformed, a definitive denial.
+            raise TokenFormatError(f"unusable pre-signed URL host {request.host}: {exc}") from exc
         try:
             body = await _read_body(response)
         finally:
@@ -290,16 +298,45 @@ def _member(document: Any, name: str) -> Any:
 
 def _xml_fields(body: bytes, content_type: str) -> dict[str, str]:
     """Arn, Account and UserId from moto's `<GetCallerIdentityResponse>` XML answer."""
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:  # no DTDs: entity expansion is a bomb
-        raise _unreadable("XML with a document type declaration", content_type)
     try:
-        root = ET.fromstring(body)  # noqa: S314  (no DTD, and expat >= 2.4 caps expansion)
-    except ET.ParseError as exc:
+        root = _parse_xml(body)
+    except _DocumentTypeError as exc:
+        raise _unreadable("XML with a document type declaration", content_type) from exc
+    except expat.ExpatError as exc:
         raise _unreadable(f"invalid XML: {exc}", content_type) from exc
     result = _xml_child(root, _RESULT) if _local_name(root) == _RESPONSE else None
     if result is None:
         raise _unreadable(f"unexpected XML element <{_local_name(root)}>", content_type)
     return {name: _xml_text(result, name) for name in _FIELDS}
+
+
+class _DocumentTypeError(ValueError):
+    """The XML has a document type declaration (where entities are declared): refused."""
+
+
+def _parse_xml(body: bytes) -> ET.Element:
+    """Parse `body` with expat, refusing any DTD once expat has decoded it, in any encoding.
+
+    A byte search for `<!DOCTYPE` misses a UTF-16 body; expat's own declaration handlers see
+    every encoding it accepts. Only elements and text are kept: an STS answer needs no more.
+
+    Raises:
+        _DocumentTypeError: a document type or entity declaration.
+        expat.ExpatError: the body is not well-formed XML.
+    """
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate(namespace_separator="}")
+
+    def refuse(*_: object) -> None:
+        raise _DocumentTypeError
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.Parse(body, True)
+    return builder.close()
 
 
 def _local_name(element: ET.Element) -> str:

@@ -32,7 +32,12 @@ from authd.identity import Identity
 from authd.metrics import Metrics
 from authd.server.ratelimit import TokenBucket
 from authd.server.sts.client import StsClient
-from authd.server.sts.identitycache import CachedIdentity, IdentityCache, SingleFlight
+from authd.server.sts.identitycache import (
+    DEFAULT_MAX_BYTES,
+    CachedIdentity,
+    IdentityCache,
+    SingleFlight,
+)
 from authd.token import PresignedRequest
 
 
@@ -45,6 +50,7 @@ class StsProtection:
         qps: STS requests a second the bucket allows on average.
         burst: STS requests the bucket allows at once.
         cache_size: verified identities kept (LRU); 0 disables the cache.
+        cache_bytes: estimated bytes those identities may hold (LRU); 0 disables the cache.
         attempts: requests per cluster ID at most (the first plus retries).
         backoff: the first retry's backoff ceiling, seconds; it doubles per retry.
         backoff_cap: the largest backoff ceiling, seconds.
@@ -54,6 +60,7 @@ class StsProtection:
     qps: float = 50.0
     burst: int = 100
     cache_size: int = 100_000
+    cache_bytes: int = DEFAULT_MAX_BYTES
     attempts: int = 3
     backoff: float = 0.1
     backoff_cap: float = 1.0
@@ -66,6 +73,7 @@ class StsProtection:
             qps=settings.sts_qps,
             burst=settings.sts_burst,
             cache_size=settings.identity_cache_size,
+            cache_bytes=settings.identity_cache_bytes,
         )
 
     def __post_init__(self) -> None:
@@ -119,9 +127,11 @@ class StsGuard:
         self._limiter = limiter or TokenBucket(rate=protection.qps, burst=protection.burst)
         self._jitter = jitter or (lambda ceiling: random.uniform(0.0, ceiling))  # noqa: S311
         self.cache = IdentityCache(
-            max_entries=protection.cache_size, on_evict=metrics.identity_cache_eviction
+            max_entries=protection.cache_size,
+            max_bytes=protection.cache_bytes,
+            on_evict=metrics.identity_cache_eviction,
         )
-        metrics.watch_identity_cache(self.cache.__len__)
+        metrics.watch_identity_cache(self.cache.__len__, size_bytes=lambda: self.cache.size_bytes)
         self._flights: SingleFlight[bytes, CachedIdentity] = SingleFlight(
             on_join=metrics.sts_coalesced
         )

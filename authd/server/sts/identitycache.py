@@ -2,10 +2,11 @@
 
 - `token_key` names a token by a keyed BLAKE2b digest: the cache never holds a token, and the
   key is random per process, so a digest seen in a memory dump matches no token elsewhere.
-- `IdentityCache` is a bounded LRU of verified identities. An entry lives until the token's own
-  validity ends (`X-Amz-Date` + 15 minutes, when STS would refuse it too), so a cached answer is
-  never one STS could no longer give. Identities are cached, not users: the mapping runs on
-  every review, so a mapping change applies at once.
+- `IdentityCache` is an LRU of verified identities bounded in entries and in bytes (each entry's
+  size is estimated from its strings, since STS chooses their lengths). An entry lives until the
+  token's own validity ends (`min(X-Amz-Date, now)` + 15 minutes, when STS would refuse it too),
+  so a cached answer is never one STS could no longer give. Identities are cached, not users:
+  the mapping runs on every review, so a mapping change applies at once.
 - `SingleFlight` lets concurrent reviews of the same token share one STS call.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -29,6 +31,12 @@ V = TypeVar("V")
 _PROCESS_KEY = secrets.token_bytes(32)
 EVICTED_FOR_SIZE = "size"
 EVICTED_EXPIRED = "expired"
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+"""The default byte bound: about 16,000 entries; docs/BENCHMARKS.md has the daemon's RSS."""
+# What an entry costs besides its strings, measured with tracemalloc (test_identitycache.py keeps
+# the estimate above the real cost): the 32-byte key, the OrderedDict slot and link, the two
+# slotted objects and the expiry datetime.
+_ENTRY_OVERHEAD = 420
 
 
 def token_key(token: str) -> bytes:
@@ -47,29 +55,61 @@ class CachedIdentity:
     expires_at: datetime
 
 
-class IdentityCache:
-    """A least-recently-used map of token keys to verified identities, bounded in entries.
+def entry_bytes(entry: CachedIdentity) -> int:
+    """An upper estimate of the memory one cache entry holds, its strings counted in full."""
+    identity = entry.identity
+    strings = (
+        identity.arn,
+        identity.canonical_arn,
+        identity.account_id,
+        identity.user_id,
+        identity.session_name,
+        identity.access_key_id,
+        identity.sts_endpoint,
+        entry.cluster_id,
+    )
+    return _ENTRY_OVERHEAD + sum(map(sys.getsizeof, strings))
 
-    `on_evict(cause)` is called for each entry dropped: `"size"` when the bound pushed it out,
+
+class IdentityCache:
+    """A least-recently-used map of token keys to verified identities, bounded in entries and bytes.
+
+    `on_evict(cause)` is called for each entry dropped: `"size"` when a bound pushed it out,
     `"expired"` when a lookup found it past its token's validity.
     """
 
-    __slots__ = ("_entries", "_on_evict", "max_entries")
+    __slots__ = ("_bytes", "_entries", "_on_evict", "max_bytes", "max_entries")
 
-    def __init__(self, *, max_entries: int, on_evict: Callable[[str], None] | None = None) -> None:
-        """An empty cache holding at most `max_entries` (0 disables caching).
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        """An empty cache holding at most `max_entries` entries of at most `max_bytes` in all
+        (`entry_bytes`); 0 for either disables caching.
 
         Raises:
             ValueError: a negative bound.
         """
         if max_entries < 0:
             raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, CachedIdentity] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, tuple[CachedIdentity, int]] = OrderedDict()
+        self._bytes = 0
         self._on_evict = on_evict
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        """The estimated bytes the entries hold now (`entry_bytes` summed)."""
+        return self._bytes
 
     def get(self, key: bytes, *, now: datetime) -> CachedIdentity | None:
         """The entry for `key` if it is still valid at `now`, marking it recently used.
@@ -77,24 +117,31 @@ class IdentityCache:
         A token is valid up to and including `expires_at` (C16 in docs/upstream-compat.md), so is
         its entry.
         """
-        entry = self._entries.get(key)
-        if entry is None:
+        found = self._entries.get(key)
+        if found is None:
             return None
+        entry, size = found
         if now > entry.expires_at:
             del self._entries[key]
+            self._bytes -= size
             self._evicted(EVICTED_EXPIRED)
             return None
         self._entries.move_to_end(key)
         return entry
 
     def put(self, key: bytes, entry: CachedIdentity) -> None:
-        """Store `entry`, pushing out the least recently used entries beyond the bound."""
-        if self.max_entries == 0:
+        """Store `entry`, pushing out the least recently used entries beyond either bound."""
+        size = entry_bytes(entry)
+        if self.max_entries == 0 or size > self.max_bytes:
             return
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        self._entries[key] = (entry, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
             self._evicted(EVICTED_FOR_SIZE)
 
     def _evicted(self, cause: str) -> None:
