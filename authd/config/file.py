@@ -65,6 +65,8 @@ _SERVER_KEYS = (
     "extraSTSEndpoints",
     "stsTimeout",
     "stsQPS",
+    "stsReservedShare",
+    "reportDenialReason",
     "stsBurst",
     "identityCacheSize",
     "ec2CacheTTL",
