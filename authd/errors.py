@@ -18,10 +18,10 @@
     └── ClientError                       the `token` command cannot make a token
         └── CredentialError               no usable AWS credentials, or AssumeRole refused
 
-Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
-(authd 4 in docs/upstream-compat.md). Foreign exceptions are translated at the boundary with
-`raise ... from`. What a review answers for each class is `authd.outcomes.OUTCOMES`, one row per
-class.
+Each class carries `reason`, the code used in logs, metric labels and the `status.error` of
+transient TokenReview answers (docs/server.md). Foreign exceptions are translated at the
+boundary with `raise ... from`. What a review answers for each class is
+`authd.outcomes.OUTCOMES`, one row per class.
 """
 
 from __future__ import annotations

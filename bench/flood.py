@@ -339,7 +339,9 @@ def render(rounds: list[dict[str, float]]) -> str:
         f"Target: 100% of the user's reviews allowed, p99 < {P99_TARGET_MS:g} ms; STS requests",
         "from the flood never above the open lane's allowance: in every stretch of t seconds at",
         f"most {OPEN_RATE:g}*t + {OPEN_BURST} (+1). The user's p99 inside authd is the latency",
-        "the daemon logged (its own time, without the client's and the shared machine's).",
+        "the daemon logged (its own time, without the client's and the shared machine's). With",
+        "29 reviews a round, p99 is the slowest one: on a shared machine one descheduled moment",
+        "sets it.",
         "",
         "| round | user allowed | user p50 | user p99 | user max | user p99 inside authd "
         "| flood reviews/s | flood STS requests (bound) | every stretch within the open lane "
