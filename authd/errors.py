@@ -24,10 +24,10 @@
         ├── Conflict                      409: stale resourceVersion, or already exists
         └── Gone                          410: resourceVersion compacted away; list again
 
-Each class carries `reason`, the code used in TokenReview `status.error`, logs and metric labels
-(authd 4 in docs/upstream-compat.md). Foreign exceptions are translated at the boundary with
-`raise ... from`. What a review answers for each class is `authd.outcomes.OUTCOMES`, one row per
-class.
+Each class carries `reason`, the code used in logs, metric labels and the `status.error` of
+transient TokenReview answers (docs/server.md). Foreign exceptions are translated at the
+boundary with `raise ... from`. What a review answers for each class is
+`authd.outcomes.OUTCOMES`, one row per class.
 """
 
 from __future__ import annotations
@@ -99,14 +99,21 @@ class StsError(AuthdError):
 
     `status` is the HTTP status STS answered with, or None when no answer came (transport
     failure, timeout); the caller turns it into the upstream `sts_responses_total` metric.
+    `code` is STS's error code (`SignatureDoesNotMatch`, `InvalidClientTokenId`, ...) when its
+    answer named one, else "". `retryable` says whether another try could get another answer:
+    false for a name that does not resolve or an error inside authd's own client.
     """
 
     reason = "sts_error"
 
-    def __init__(self, detail: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, detail: str, *, status: int | None = None, code: str = "", retryable: bool = True
+    ) -> None:
         super().__init__(f"sts getCallerIdentity failed: {detail}")
         self.detail = detail
         self.status = status
+        self.code = code
+        self.retryable = retryable
 
 
 class StsRejectedError(StsError):
@@ -124,6 +131,8 @@ class StsThrottledError(StsError):
         AuthdError.__init__(self, f"sts getCallerIdentity was throttled: {detail}")
         self.detail = detail
         self.status = status
+        self.code = "Throttling"
+        self.retryable = False
         self.retry_after = retry_after
 
 

@@ -55,6 +55,8 @@ BACKENDS = BACKEND_MODES
 KUBE_BACKENDS = ("EKSConfigMap", "CRD")
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
+STS_LANES = ("reserved", "open")
+DENIAL_KINDS = ("token", "access_key")
 
 
 class Metrics:
@@ -151,6 +153,7 @@ class Metrics:
             registry=reg,
         )
         self._init_protection(reg)
+        self._init_flood(reg)
         self.backend_reloads = Counter(
             "authd_backend_reloads_total",
             "New snapshots of a backend's mappings swapped in by a reload.",
@@ -450,6 +453,59 @@ class Metrics:
     def ec2_cache_lookup(self, *, hit: bool) -> None:
         """A private DNS name was looked up: found in the cache or not."""
         self.ec2_cache_lookups.labels(result="hit" if hit else "miss").inc()
+
+    # --- fake-token floods: STS lanes and remembered denials (docs/SECURITY.md) ---
+
+    def _init_flood(self, reg: CollectorRegistry) -> None:
+        """authd's series for the STS lanes and the denial caches, at zero."""
+        self.sts_lane_requests = Counter(
+            "authd_sts_lane_requests_total",
+            "GetCallerIdentity requests by the share of the STS allowance they drew from: "
+            "reserved (access keys STS accepted within the hour) or open (any key).",
+            ["lane"],
+            registry=reg,
+        )
+        self.sts_proven_keys = Gauge(
+            "authd_sts_proven_access_keys",
+            "Access key IDs STS accepted within the last hour (they may use the reserved lane).",
+            registry=reg,
+        )
+        self.sts_denial_hits = Counter(
+            "authd_sts_denial_cache_hits_total",
+            "Reviews refused from a remembered STS denial, without an STS call: token (the "
+            "same token was denied) or access_key (STS said the access key does not exist).",
+            ["kind"],
+            registry=reg,
+        )
+        self.sts_denial_entries = Gauge(
+            "authd_sts_denial_cache_entries",
+            "Remembered STS denials now: token or access_key.",
+            ["kind"],
+            registry=reg,
+        )
+        for lane in STS_LANES:
+            self.sts_lane_requests.labels(lane=lane)
+        for kind in DENIAL_KINDS:
+            self.sts_denial_hits.labels(kind=kind)
+            self.sts_denial_entries.labels(kind=kind)
+
+    def sts_lane_request(self, lane: str) -> None:
+        """A GetCallerIdentity request drew from `lane` (one of STS_LANES)."""
+        self.sts_lane_requests.labels(lane=lane).inc()
+
+    def sts_denial_hit(self, kind: str) -> None:
+        """A review was refused from a remembered denial of `kind` (one of DENIAL_KINDS)."""
+        self.sts_denial_hits.labels(kind=kind).inc()
+
+    def watch_sts_flood_state(
+        self, *, proven_keys: Callable[[], int], denials: Callable[[str], int]
+    ) -> None:
+        """Read the proven-key count and each denial cache's size at each scrape."""
+        self.sts_proven_keys.set_function(proven_keys)
+        for kind in DENIAL_KINDS:
+            self.sts_denial_entries.labels(kind=kind).set_function(
+                lambda kind=kind: denials(kind)  # type: ignore[misc]
+            )
 
     # --- exposition ---
 

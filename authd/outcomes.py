@@ -47,7 +47,8 @@ class Outcome:
     """How one kind of review result is answered, logged and counted.
 
     Attributes:
-        reason: the code in `status.error`, the log line's `reason` and the metric label.
+        reason: the log line's `reason` and the metric label; also the start of `status.error`
+            in transient answers (and in definitive ones with `--report-denial-reason`).
         status: the HTTP status of the answer.
         decision: `allow`, `deny` (definitive) or `retry` (transient), in logs and metrics.
         result: upstream's `result` label of `authenticate_latency_seconds` (its spelling,

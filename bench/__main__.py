@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "sts": "bench.sts_protection",
     "reload": "bench.reload",
     "edges": "bench.edges",
+    "flood": "bench.flood",
 }
 
 

@@ -63,7 +63,10 @@ def main() -> int:
                 ),
                 ("a token that is not one", "k8s-aws-v1.bm90IGEgdG9rZW4", False),
             ]
-            ok = all(show(label, review(port, cert, token), want) for label, token, want in cases)
+            log = work / "server.log"
+            ok = all(
+                show(label, review(port, cert, token, log), want) for label, token, want in cases
+            )
             step("metrics (excerpt)")
             print_metrics(port, cert)
         finally:
@@ -172,8 +175,16 @@ def awscli_token(env: dict[str, str]) -> str:
     return str(json.loads(out.stdout)["status"]["token"])
 
 
-def review(port: int, cert: Path, token: str) -> tuple[int, dict[str, object]]:
-    """Send one TokenReview as kube-apiserver would; (HTTP status, answer status)."""
+Answer = tuple[int, dict[str, object], dict[str, object]]
+
+
+def review(port: int, cert: Path, token: str, log: Path) -> Answer:
+    """Send one TokenReview as kube-apiserver would; (HTTP status, answer status, log line).
+
+    A denial's answer does not say why (so kube-apiserver caches it); the daemon's review log
+    line does, so the demo reads the line this review wrote.
+    """
+    before = len(review_lines(log))
     body = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenReview",
@@ -181,12 +192,25 @@ def review(port: int, cert: Path, token: str) -> tuple[int, dict[str, object]]:
     }
     context = ssl.create_default_context(cafile=str(cert))
     response = httpx.post(f"https://localhost:{port}/authenticate", json=body, verify=context)
-    return response.status_code, response.json()["status"]
+    deadline = time.monotonic() + 10
+    while len(lines := review_lines(log)) <= before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    line = lines[before] if len(lines) > before else {}
+    return response.status_code, response.json()["status"], line
 
 
-def show(label: str, answer: tuple[int, dict[str, object]], want: bool) -> bool:
+def review_lines(log: Path) -> list[dict[str, object]]:
+    """The review lines the daemon has logged so far, parsed."""
+    found = []
+    for text in log.read_text(errors="replace").splitlines():
+        if '"event":"review"' in text.replace(" ", ""):
+            found.append(json.loads(text))
+    return found
+
+
+def show(label: str, answer: Answer, want: bool) -> bool:
     """Print one decision readably; True when it is the expected one."""
-    status, doc = answer
+    status, doc, line = answer
     step(label)
     if doc.get("authenticated"):
         user = doc["user"]
@@ -194,9 +218,9 @@ def show(label: str, answer: tuple[int, dict[str, object]], want: bool) -> bool:
         groups = user.get("groups", [])
         print(f"    ALLOW  HTTP {status}  username={user['username']}  groups={groups}")
     else:
-        error = str(doc.get("error"))
+        reason, error = line.get("reason", "?"), str(line.get("error", ""))
         code = re.search(r"<Code>(\w+)</Code>", error)
-        detail = f"sts_rejected: STS said {code.group(1)}" if code else error
+        detail = f"{reason}: STS said {code.group(1)}" if code else f"{reason}: {error}"
         print(f"    DENY   HTTP {status}  {detail}")
     return bool(doc.get("authenticated")) == want
 

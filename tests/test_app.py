@@ -27,6 +27,7 @@ from authd.server.app import App
 from authd.server.authenticator import Authenticator
 from authd.server.http import Request
 from authd.server.sts.client import StsClient
+from authd.server.sts.guard import StsProtection
 from authd.token import EndpointPolicy, encode
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
@@ -96,8 +97,12 @@ def build_app(
     cluster_ids: tuple[str, ...] = ("test-cluster",),
     table: MappingTable | None = None,
     metrics: Metrics | None = None,
+    lines: list[dict[str, object]] | None = None,
+    report_denial_reason: bool = False,
+    protection: StsProtection | None = None,
 ) -> App:
-    """An App over a real authenticator, mapping table and metrics, with STS mocked."""
+    """An App over a real authenticator, mapping table and metrics, with STS mocked; each
+    review's log fields are appended to `lines` when given."""
     mapping = MappingConfig.from_file_config(FileConfig.from_text(CONFIG, path="config.yaml"))
     backend = Backend(
         "MountedFile",
@@ -113,8 +118,36 @@ def build_app(
         cluster_ids=cluster_ids,
         metrics=metrics,
         clock=lambda: NOW,
+        protection=protection,
     )
-    return App(authenticator=authenticator, metrics=metrics)
+    if lines is None:
+        return App(
+            authenticator=authenticator,
+            metrics=metrics,
+            report_denial_reason=report_denial_reason,
+        )
+    return App(
+        authenticator=authenticator,
+        metrics=metrics,
+        review_log=lines.append,
+        report_denial_reason=report_denial_reason,
+    )
+
+
+async def denied(app_lines: tuple[App, list[dict[str, object]]], body: bytes) -> dict[str, object]:
+    """Post `body`; check it is a cacheable denial (200, no status.error); its log fields."""
+    app, lines = app_lines
+    response = await app(post(body))
+    status = json.loads(response.body)["status"]
+    assert response.status == 200
+    assert status == {"authenticated": False, "user": {}}
+    return lines[-1]
+
+
+def logged(sts: StsHandler, **options: object) -> tuple[App, list[dict[str, object]]]:
+    """An app from `build_app` and the list its review log lines go to."""
+    lines: list[dict[str, object]] = []
+    return build_app(sts, lines=lines, **options), lines  # type: ignore[arg-type]
 
 
 def post(body: bytes, *, method: str = "POST", path: str = "/authenticate") -> Request:
@@ -151,35 +184,49 @@ async def test_mapped_user_is_allowed_with_request_version() -> None:
 async def test_sts_outcomes_follow_the_table(
     sts_status: int, sts_body: bytes, status: int, reason: str
 ) -> None:
-    """STS refusals are cacheable 200 denials; throttling and outages retry with Retry-After."""
-    app = build_app(lambda _: httpx.Response(sts_status, content=sts_body))
+    """STS refusals are 200 denials without status.error (cacheable), the reason in the log line
+    only; throttling and outages carry it in status.error and retry with Retry-After."""
+    app, lines = logged(lambda _: httpx.Response(sts_status, content=sts_body))
     response = await app(post(review_body(make_token())))
     doc = json.loads(response.body)
     assert response.status == status
     assert doc["status"]["authenticated"] is False
-    assert doc["status"]["error"].startswith(f"{reason}: ")
+    assert lines[-1]["reason"] == reason
+    if status == 200:
+        assert "error" not in doc["status"]
+    else:
+        assert doc["status"]["error"].startswith(f"{reason}: ")
     headers = dict(response.headers)
     assert ("retry-after" in headers) == (status != 200)
+
+
+async def test_report_denial_reason_puts_it_in_status_error() -> None:
+    """With --report-denial-reason a definitive denial says `<reason>: <detail>` as before."""
+    forbidden = httpx.Response(403, content=b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
+    app, lines = logged(lambda _: forbidden, report_denial_reason=True)
+    response = await app(post(review_body(make_token())))
+    assert response.status == 200
+    error = json.loads(response.body)["status"]["error"]
+    assert error.startswith("sts_rejected: ") and "SignatureDoesNotMatch" in error
+    assert lines[-1]["reason"] == "sts_rejected"
 
 
 async def test_expired_token_denied_without_calling_sts() -> None:
     """A token past its 15 minutes is a bad_token denial and STS is never asked."""
     sts = ok_sts()
-    app = build_app(sts)
     token = make_token(signed=NOW - timedelta(minutes=16))
-    doc = json.loads((await app(post(review_body(token)))).body)
-    assert doc["status"]["error"].startswith("bad_token: ")
-    assert "expired" in doc["status"]["error"]
+    line = await denied(logged(sts), review_body(token))
+    assert line["reason"] == "bad_token"
+    assert "expired" in str(line["error"])
     assert sts.calls == []  # type: ignore[attr-defined]
 
 
 async def test_foreign_host_never_reaches_the_network() -> None:
     """A token naming a host outside the allowlist is refused locally."""
     sts = ok_sts()
-    app = build_app(sts)
     token = make_token(host="https://evil.example.com")
-    doc = json.loads((await app(post(review_body(token)))).body)
-    assert doc["status"]["error"].startswith("bad_token: ")
+    line = await denied(logged(sts), review_body(token))
+    assert line["reason"] == "bad_token"
     assert sts.calls == []  # type: ignore[attr-defined]
 
 
@@ -191,16 +238,14 @@ async def test_foreign_host_never_reaches_the_network() -> None:
     ],
 )
 async def test_mapping_refusals_are_cacheable_denials(arn: str, user_id: str, reason: str) -> None:
-    """An unmapped identity or a reserved username is a 200 denial naming the reason."""
+    """An unmapped identity or a reserved username is a 200 denial; the log names the reason."""
     identity = {
         "GetCallerIdentityResponse": {
             "GetCallerIdentityResult": {"Arn": arn, "Account": "123456789012", "UserId": user_id}
         }
     }
-    app = build_app(ok_sts(identity))
-    response = await app(post(review_body(make_token())))
-    assert response.status == 200
-    assert json.loads(response.body)["status"]["error"].startswith(f"{reason}: ")
+    line = await denied(logged(ok_sts(identity)), review_body(make_token()))
+    assert line["reason"] == reason
 
 
 @pytest.mark.parametrize(
@@ -226,11 +271,9 @@ async def test_malformed_requests_get_400(body: bytes) -> None:
 async def test_missing_token_is_a_denial() -> None:
     """A TokenReview without a token is answered with authenticated false and bad_token."""
     body = b'{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}}'
-    response = await build_app(ok_sts())(post(body))
-    assert response.status == 200
-    assert json.loads(response.body)["status"]["error"] == "bad_token: " + (
-        "input token was not properly formatted: token is missing"
-    )
+    line = await denied(logged(ok_sts()), body)
+    assert line["reason"] == "bad_token"
+    assert line["error"] == "input token was not properly formatted: token is missing"
 
 
 async def test_routes_and_methods() -> None:

@@ -63,11 +63,17 @@ def test_allow_answers_the_user(api_version: str, user: User) -> None:
         assert answer == compact
 
 
-def test_deny_carries_reason_and_message() -> None:
-    """A denial says authenticated false, an empty user and `<reason>: <message>`."""
-    answer = review.deny(V1, reason="not_mapped", message='ARN "x" is not mapped')
+def test_deny_carries_the_error_it_is_given() -> None:
+    """A denial says authenticated false, an empty user and the error it is given."""
+    answer = review.deny(V1, error='not_mapped: ARN "x" is not mapped')
     status = {"authenticated": False, "user": {}, "error": 'not_mapped: ARN "x" is not mapped'}
     assert json.loads(answer) == document(V1, status)
+
+
+def test_deny_without_error_has_no_error_field() -> None:
+    """A denial with no error has no `status.error` at all, so kube-apiserver caches it."""
+    answer = review.deny(V1)
+    assert json.loads(answer) == document(V1, {"authenticated": False, "user": {}})
 
 
 def test_parse_request_reads_version_and_token() -> None:

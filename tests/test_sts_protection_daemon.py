@@ -160,10 +160,13 @@ server:
     bad = authd_token(
         run_authd, env, "-i", CLUSTER, "-r", iam_role.arn, "-s", "i-0000000000000000a"
     )
+    seen = len(daemon.events("review"))
     status, _, answer = review(daemon, bad)
     assert status == 200
     assert answer["authenticated"] is False
-    assert "i-0000000000000000a not found" in answer["error"]
+    line = daemon.wait_for("review", count=seen + 1)[seen]
+    assert line["reason"] == "template_error"
+    assert "i-0000000000000000a not found" in str(line["error"])
 
 
 def test_token_for_the_older_cluster_id_is_accepted_during_rotation(
@@ -195,9 +198,32 @@ server:
     assert review(daemon, new)[2]["authenticated"] is True
     assert presigned_calls(sts_front) == before + 3
     foreign = authd_token(run_authd, env, "-i", "someone-else")
+    seen = len(daemon.events("review"))
+    status, _, answer = review(daemon, foreign)
+    assert (status, answer) == (200, {"authenticated": False, "user": {}})
+    assert daemon.wait_for("review", count=seen + 1)[seen]["reason"] == "sts_rejected"
+
+
+def test_report_denial_reason_puts_the_reason_in_the_answer(
+    *,
+    tmp_path: Path,
+    sts_front: StsFront,
+    iam_user: IamUser,
+    client_env: dict[str, str],
+    run_authd: RunAuthd,
+    stopper: list[Daemon],
+) -> None:
+    """With --report-denial-reason a definitive denial carries `<reason>: <detail>` again."""
+    config = f"clusterID: {CLUSTER}\nserver:\n  mapUsers: []\n"
+    daemon = start(
+        tmp_path, config, f"--extra-sts-endpoint={sts_front.url}", "--report-denial-reason"
+    )
+    stopper.append(daemon)
+    foreign = authd_token(run_authd, {**client_env, **iam_user.env()}, "-i", "someone-else")
     status, _, answer = review(daemon, foreign)
     assert (status, answer["authenticated"]) == (200, False)
     assert answer["error"].startswith("sts_rejected: ")
+    assert "SignatureDoesNotMatch" in answer["error"]
 
 
 # --- the stand-in as STS: faults --------------------------------------------------------------

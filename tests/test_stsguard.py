@@ -217,7 +217,7 @@ async def test_rate_limit_refuses_with_time_until_a_token_is_free(
 ) -> None:
     """Beyond the burst, a new token is refused (429) with Retry-After >= 1; later it passes."""
     sts = Sts()
-    guard, metrics = build_guard(sts, qps=0.5, burst=2)
+    guard, metrics = build_guard(sts, qps=0.5, burst=2, reserved_share=0)
     await identify(guard, make_token(1))
     await identify(guard, make_token(2))
     with pytest.raises(StsThrottledError, match="rate limit") as caught:

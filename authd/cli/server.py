@@ -36,6 +36,8 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "sts_timeout": ("--sts-timeout", {}),
     "sts_qps": ("--sts-qps", {}),
     "sts_burst": ("--sts-burst", {}),
+    "sts_reserved_share": ("--sts-reserved-share", {}),
+    "report_denial_reason": ("--report-denial-reason", {"nargs": "?", "const": "true"}),
     "identity_cache_size": ("--identity-cache-size", {}),
     "identity_cache_bytes": ("--identity-cache-bytes", {}),
     "ec2_cache_ttl": ("--ec2-cache-ttl", {}),

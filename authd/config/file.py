@@ -66,6 +66,8 @@ _SERVER_KEYS = (
     "extraSTSRegions",
     "stsTimeout",
     "stsQPS",
+    "stsReservedShare",
+    "reportDenialReason",
     "stsBurst",
     "identityCacheSize",
     "identityCacheBytes",

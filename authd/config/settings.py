@@ -137,6 +137,14 @@ def _positive(conv: Any) -> Any:
     return read
 
 
+def _share(val: Located) -> float:
+    """A share of the STS allowance: at least 0, below 1 (unproven keys keep some of it)."""
+    value = float(as_number(val))
+    if not 0.0 <= value < 1.0:
+        val.fail(f"must be at least 0 and below 1, got {as_str(val)}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Setting:
     """How one ServerSettings attribute is found: flag, env, config key, default, converter."""
@@ -220,6 +228,20 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("sts_timeout", "--sts-timeout", "server.stsTimeout", _positive(as_duration), 10.0),
     _Setting("sts_qps", "--sts-qps", "server.stsQPS", _positive(as_number), 50.0),
     _Setting("sts_burst", "--sts-burst", "server.stsBurst", _positive(as_int), 100),
+    _Setting(
+        "sts_reserved_share",
+        "--sts-reserved-share",
+        "server.stsReservedShare",
+        _share,
+        0.5,
+    ),
+    _Setting(
+        "report_denial_reason",
+        "--report-denial-reason",
+        "server.reportDenialReason",
+        as_bool,
+        False,
+    ),
     _Setting(
         "identity_cache_size",
         "--identity-cache-size",
@@ -316,6 +338,8 @@ class ServerSettings:
     sts_timeout: float = 10.0
     sts_qps: float = 50.0
     sts_burst: int = 100
+    sts_reserved_share: float = 0.5
+    report_denial_reason: bool = False
     identity_cache_size: int = 100000
     identity_cache_bytes: int = 16 * 1024 * 1024
     ec2_cache_ttl: float = 900.0

@@ -1,8 +1,10 @@
 """The webhook's routes: each review's outcome (authd.outcomes) becomes its HTTP answer here.
 
-Definitive answers are 200 so the API server can cache them; transient ones (429, 503) carry
-Retry-After so it retries; an unexpected error inside authd is a 500 (docs/server.md). Upstream
-answers every refusal with 403; see docs/migration.md for why authd does not.
+Definitive answers are 200 with no `status.error`, so the API server can cache them (the reason
+is in the review's log line and metric, tied to it by the request ID; `--report-denial-reason`
+adds it to the answer); transient ones (429, 503) carry Retry-After and `status.error` so it
+retries; an unexpected error inside authd is a 500 (docs/server.md). Upstream answers every
+refusal with 403; see docs/migration.md for why authd does not.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class App:
         metrics: Metrics,
         ready: Callable[[], tuple[bool, str]] | None = None,
         review_log: ReviewLog = log_review,
+        report_denial_reason: bool = False,
     ) -> None:
         """Wire the routes.
 
@@ -50,11 +53,14 @@ class App:
             ready: /readyz's check (ready, why); /readyz is not served when None.
             review_log: writes the one line per review; the daemon passes
                 `authd.logs.review_log()`, the default goes through structlog.
+            report_denial_reason: also put `<reason>: <detail>` in `status.error` of
+                definitive denials (`--report-denial-reason`); the API server then caches none.
         """
         self._authenticator = authenticator
         self._metrics = metrics
         self._ready = ready
         self._review_log = review_log
+        self._report_denial_reason = report_denial_reason
 
     async def __call__(self, request: Request) -> Response:
         """Answer one HTTP request; never raises for bad input."""
@@ -102,7 +108,7 @@ class App:
                 structlog.get_logger("authd.server").error(
                     "review failed", request_id=fields["request_id"], exc_info=exc
                 )
-            response = _refusal(outcome, exc, api_version)
+            response = _refusal(outcome, exc, api_version, report=self._report_denial_reason)
             fields["error"] = _detail(exc)
         else:
             outcome, backend = ALLOWED, verdict.backend
@@ -126,8 +132,11 @@ class App:
         return response
 
 
-def _refusal(outcome: Outcome, exc: Exception, api_version: str) -> Response:
-    """The answer for a refused review: text for a bad request, else a TokenReview denial."""
+def _refusal(outcome: Outcome, exc: Exception, api_version: str, *, report: bool) -> Response:
+    """The answer for a refused review: text for a bad request, else a TokenReview denial.
+
+    A definitive denial (200) says why only when `report` is set; a transient one always does.
+    """
     detail = _detail(exc)
     if outcome.status == 400:
         return _text(400, f"{detail}\n")
@@ -135,7 +144,9 @@ def _refusal(outcome: Outcome, exc: Exception, api_version: str) -> Response:
     if outcome.status in (429, 503):
         retry_after = getattr(exc, "retry_after", 1.0)
         headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
-    body = review.deny(api_version, reason=outcome.reason, message=detail)
+    definitive = outcome.status == 200
+    error = "" if definitive and not report else f"{outcome.reason}: {detail}"
+    body = review.deny(api_version, error=error)
     return Response(status=outcome.status, headers=tuple(headers), body=body)
 
 

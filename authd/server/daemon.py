@@ -133,6 +133,7 @@ async def run_server(
             metrics=metrics,
             ready=backends.readiness,
             review_log=logs.review_log(),
+            report_denial_reason=settings.report_denial_reason,
         )
         shutdown, hard_stop = trio.Event(), trio.CancelScope()
         async with trio.open_nursery() as outer:

@@ -81,11 +81,16 @@ def allow(api_version: str, user: User) -> bytes:
     return _answer(api_version, {"authenticated": True, "user": info})
 
 
-def deny(api_version: str, *, reason: str, message: str) -> bytes:
-    """A refusal; `status.error` is `<reason>: <message>` (authd 4 in docs/upstream-compat.md)."""
-    return _answer(
-        api_version, {"authenticated": False, "user": {}, "error": f"{reason}: {message}"}
-    )
+def deny(api_version: str, *, error: str = "") -> bytes:
+    """A refusal; `status.error` is `error`, left out when empty (docs/server.md).
+
+    A definitive denial carries none, so kube-apiserver caches it: it treats a non-empty
+    `status.error` as a failed review, and never caches those.
+    """
+    status: ReviewStatus = {"authenticated": False, "user": {}}
+    if error:
+        status["error"] = error
+    return _answer(api_version, status)
 
 
 def _answer(api_version: str, status: ReviewStatus) -> bytes:

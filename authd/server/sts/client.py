@@ -8,6 +8,8 @@ Retries, caching and rate limits belong to the caller.
 from __future__ import annotations
 
 import contextlib
+import re
+import socket
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -43,6 +45,19 @@ KEEPALIVE_EXPIRY = 5.0
 """Seconds an idle connection is kept for reuse (httpx's default)."""
 
 _FIELDS = ("arn", "account", "userid")
+# STS' error code, in its JSON (`"Code":"SignatureDoesNotMatch"`) or XML (`<Code>...</Code>`)
+# answer; codes are short CamelCase words, so anything else is not one.
+_ERROR_CODE = re.compile(
+    rb'"Code"\s*:\s*"([A-Za-z][A-Za-z.]{0,63})"|<Code>([A-Za-z][A-Za-z.]{0,63})</Code>'
+)
+# Failures a second try cannot cure: the name does not resolve, the certificate is not trusted,
+# or authd's own client refused the request (all within one review's few seconds).
+_FINAL_CAUSES: tuple[type[BaseException], ...] = (socket.gaierror, ssl.SSLCertVerificationError)
+_LOCAL_ERRORS: tuple[type[httpx.HTTPError], ...] = (
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+    httpx.PoolTimeout,
+)
 _RESPONSE = "getcalleridentityresponse"
 _RESULT = "getcalleridentityresult"
 _ROLE_TYPES = (PrincipalType.ROLE, PrincipalType.ASSUMED_ROLE)
@@ -93,7 +108,8 @@ class StsClient:
             response = await self._http.send(outgoing, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
             raise StsUnavailableError(
-                f"error during GET: {_cause(exc)} on {request.region_label} endpoint"
+                f"error during GET: {_cause(exc)} on {request.region_label} endpoint",
+                retryable=can_retry(exc),
             ) from exc
         except (httpx.InvalidURL, UnicodeError) as exc:
             # A URL that passed the local checks but that httpx or the resolver cannot use (a
@@ -218,6 +234,25 @@ async def _collect(stream: AsyncGenerator[bytes, None], *, status: int) -> bytes
     return b"".join(chunks)
 
 
+def can_retry(exc: httpx.HTTPError) -> bool:
+    """Whether another try of the request that failed with `exc` could succeed.
+
+    Not when the failure is authd's own (a request its client refuses, no pooled connection
+    free) or cannot change within a review (the host does not resolve, its certificate is not
+    trusted): retrying those only spends the deadline and the STS allowance.
+    """
+    if isinstance(exc, _LOCAL_ERRORS):
+        return False
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> OSError: a short chain, never a cycle to follow
+        if seen is None:
+            break
+        if isinstance(seen, _FINAL_CAUSES):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
+
+
 def _cause(exc: Exception) -> str:
     """The text of a transport error; some httpx errors have none, so fall back to the type."""
     return str(exc) or type(exc).__name__
@@ -230,8 +265,16 @@ def _status_error(status: int, body: bytes, region: str) -> StsError:
         return StsThrottledError(_shorten(text), status=status)
     detail = f"error from AWS (expected 200, got {status}) on {region} endpoint. Body: "
     if 400 <= status < 500:
-        return StsRejectedError(detail + _shorten(text), status=status)
-    return StsUnavailableError(detail + _shorten(text), status=status)
+        return StsRejectedError(detail + _shorten(text), status=status, code=error_code(body))
+    return StsUnavailableError(detail + _shorten(text), status=status, code=error_code(body))
+
+
+def error_code(body: bytes) -> str:
+    """STS' error code in an error answer (JSON or XML), or "" when it names none."""
+    found = _ERROR_CODE.search(body[: MAX_BODY_TEXT * 4])
+    if found is None:
+        return ""
+    return (found.group(1) or found.group(2)).decode("ascii")
 
 
 def _shorten(text: str) -> str:

@@ -1,0 +1,112 @@
+"""Remember STS' definitive denials, so a replayed fake token or an unknown key costs no STS call.
+
+- `DeniedTokens`: a token STS refused for a reason that cannot change while the token is valid
+  (`SignatureDoesNotMatch` under every cluster ID, `ExpiredToken`, `InvalidClientTokenId`) is
+  remembered by its cache key (`authd.server.sts.identitycache.token_key`, never the token)
+  until the token's own expiry.
+- `DeniedCredentials`: a credential STS said does not exist (`InvalidClientTokenId`) is
+  remembered for 60 s. The credential is the access key ID together with the session token, if
+  any: a temporary key ID with a forged session token is refused with the same code, and keying
+  by the key ID alone would let anyone who knows a real temporary key ID lock its owner out.
+
+Both are LRU maps bounded by entries; times are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+
+from authd.server.sts.identitycache import token_key
+
+UNKNOWN_CREDENTIAL = "InvalidClientTokenId"
+TOKEN_DENIALS = frozenset({"SignatureDoesNotMatch", "ExpiredToken", UNKNOWN_CREDENTIAL})
+"""STS error codes that refuse the token itself: no later request of it can be accepted."""
+CREDENTIAL_DENIED_FOR = 60.0
+"""Seconds a credential STS does not know is refused without asking again."""
+_SECURITY_TOKEN = "X-Amz-Security-Token="  # noqa: S105 (a parameter name, not a secret)
+
+
+def credential_key(access_key_id: str, url: str) -> bytes:
+    """The key of the credential that signed `url`: its access key ID and its session token."""
+    start = url.find(_SECURITY_TOKEN)
+    session = ""
+    if start >= 0:
+        start += len(_SECURITY_TOKEN)
+        end = url.find("&", start)
+        session = url[start:] if end < 0 else url[start:end]
+    return token_key(f"{access_key_id}\0{session}")
+
+
+class DeniedTokens:
+    """Token keys STS refused, each with the code it gave, until the token expires."""
+
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, *, max_entries: int) -> None:
+        """An empty map of at most `max_entries` tokens (0 remembers none)."""
+        if max_entries < 0:
+            raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[datetime, str]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, *, now: datetime) -> str | None:
+        """The code STS refused the token named `key` with, while it is valid at `now`."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, code = entry
+        if now > expires_at:
+            del self._entries[key]
+            return None
+        return code
+
+    def put(self, key: bytes, *, code: str, expires_at: datetime) -> None:
+        """Remember that STS refused the token named `key` with `code` (one of TOKEN_DENIALS)."""
+        if self.max_entries == 0 or code not in TOKEN_DENIALS:
+            return
+        # The code is stored as the set's own string: entries never hold text STS sent.
+        stored = next(known for known in TOKEN_DENIALS if known == code)
+        self._entries[key] = (expires_at, stored)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class DeniedCredentials:
+    """Credentials STS said do not exist, for `ttl` seconds each (a monotonic clock)."""
+
+    __slots__ = ("_entries", "max_entries", "ttl")
+
+    def __init__(self, *, max_entries: int, ttl: float = CREDENTIAL_DENIED_FOR) -> None:
+        """An empty map of at most `max_entries` credentials (0 remembers none)."""
+        if max_entries < 0:
+            raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def denied(self, key: bytes, *, now: float) -> bool:
+        """Whether STS said, less than `ttl` seconds before `now`, that `key` does not exist."""
+        until = self._entries.get(key)
+        if until is None:
+            return False
+        if now >= until:
+            del self._entries[key]
+            return False
+        return True
+
+    def put(self, key: bytes, *, now: float) -> None:
+        """Remember for `ttl` seconds that STS does not know the credential `key`."""
+        if self.max_entries == 0:
+            return
+        self._entries[key] = now + self.ttl
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
