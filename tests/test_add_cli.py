@@ -285,3 +285,12 @@ def test_the_kubeconfig_context_flag_picks_the_context(
     assert out.stderr.count("\n") == 1
     assert add(*args, "--kubeconfig-context=fake").returncode == 0
     assert mapped(data(api), ALICE) == ("alice", ("devs",))
+
+
+def test_the_command_names_the_object_the_backend_follows() -> None:
+    """add.py keeps its own copy of the object's name (to stay light to import): the same one
+    the EKSConfigMap backend follows."""
+    from authd.cli import add
+    from authd.mapping import configmap
+
+    assert (add.NAMESPACE, add.OBJECT) == (configmap.NAMESPACE, configmap.OBJECT)

@@ -26,16 +26,18 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from authd.arn import canonicalize
 from authd.errors import ArnError, ConfigError, Conflict, NotFound
 from authd.gotext import parse_bool
-from authd.mapping.configmap import NAMESPACE, OBJECT, parse_configmap
-from authd.server.kube.client import KubeClient
 
+if TYPE_CHECKING:
+    from authd.server.kube.client import KubeClient
+
+# Every CLI start builds this parser, `authd token` included: yaml, the config package and the
+# kube client are imported inside the functions that use them, so a token stays light.
+NAMESPACE = "kube-system"  # authd.mapping.configmap's, not imported here for the reason above
+OBJECT = "aws-auth"
 TRIES = 5
 RETRY_PAUSE = 0.01  # seconds between tries, client-go's DefaultRetry step
 COLLECTION = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
@@ -144,6 +146,7 @@ def _connection_flags(p: argparse.ArgumentParser, *, default: Any) -> None:
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Check the flags, ask when asked to, then update aws-auth and print it as upstream does."""
     import trio
+    import yaml
 
     from authd.server.kube.connection import connection_from, open_client
 
@@ -178,6 +181,9 @@ def mapping_from(args: argparse.Namespace) -> NewMapping:
         UsageError: a missing value, an ARN that does not parse or is not canonical, a bad
             `--sso`, or an entry the backend would reject.
     """
+    from authd.arn import canonicalize
+    from authd.mapping.configmap import parse_configmap
+
     kind: str = args.kind
     arn: str = args.arn.strip()
     groups = tuple(g.strip() for value in args.groups for g in value.split(",") if g.strip())
@@ -272,6 +278,10 @@ def appended(data: Mapping[str, Any], mapping: NewMapping) -> tuple[str, tuple[s
         ConfigError: the key does not parse, or already maps the ARN (compared lower-cased, as
             the EKSConfigMap backend compares) or the same SSO permission set.
     """
+    import yaml
+
+    from authd.mapping.configmap import parse_configmap
+
     source = f"configmap/{NAMESPACE}/{OBJECT}"
     old = data.get(mapping.key)
     parse_configmap({mapping.key: old} if old is not None else {})  # refuses broken YAML
@@ -345,6 +355,8 @@ def _sso(text: str) -> dict[str, str]:
 
 
 def _dump(entries: list[dict[str, Any]]) -> str:
+    import yaml
+
     return yaml.safe_dump(entries, sort_keys=False, default_flow_style=False, width=1 << 16)
 
 
