@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "reload": "bench.reload",
     "edges": "bench.edges",
     "flood": "bench.flood",
+    "kube": "bench.kube",
 }
 
 

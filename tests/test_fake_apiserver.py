@@ -414,6 +414,32 @@ def test_dropped_watches_break_the_stream(api: FakeApiServer, client: httpx.Clie
         json.loads(received.splitlines()[-1])
 
 
+@pytest.mark.parametrize("mid_event", [False, True])
+def test_a_watch_cut_after_compaction_just_closes(
+    api: FakeApiServer, client: httpx.Client, *, mid_event: bool
+) -> None:
+    """A watch whose position was compacted away, then cut, ends as a cut stream: no 410 answer
+    is written into the open chunked body (the client never sees an illegal chunk header)."""
+    with watch(client, CM_PATH, resourceVersion=api.resource_version) as response:
+        assert api.wait_for_watches(1)
+        api.stall_watches()  # the edit below stays unsent: the watch's position predates it
+        api.put_object(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "x", "namespace": "kube-system"},
+            }
+        )
+        api.compact()
+        api.drop_watches(mid_event=mid_event)
+        with pytest.raises(httpx.RemoteProtocolError) as cut:
+            for _ in response.iter_raw():
+                pass
+    assert "incomplete chunked read" in str(cut.value)
+    assert [r.status for r in api.requests if r.query.get("watch")] == [200]
+    api.release_watches()
+
+
 def test_stalled_watches_send_nothing_until_released(
     api: FakeApiServer, client: httpx.Client
 ) -> None:

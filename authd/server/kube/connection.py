@@ -70,6 +70,7 @@ def connection_from(
     env: Mapping[str, str],
     token_file: str = IN_CLUSTER_TOKEN_FILE,
     ca_file: str = IN_CLUSTER_CA_FILE,
+    context: str = "",
 ) -> Connection:
     """The connection `--kubeconfig`/`--master` describe, or the in-cluster one when both are empty.
 
@@ -78,13 +79,14 @@ def connection_from(
         master: API server URL overriding the kubeconfig's, or "".
         env: the process environment (only `KUBERNETES_SERVICE_HOST`/`_PORT` are read).
         token_file, ca_file: the in-cluster service account files (tests point elsewhere).
+        context: the kubeconfig context to use instead of its `current-context` ("" for that).
 
     Raises:
         KubeError: not in a cluster, an unreadable or incomplete kubeconfig, an exec-plugin or
             auth-provider user, unreadable certificates or token file.
     """
     if kubeconfig:
-        return _from_kubeconfig(Path(kubeconfig), master=master)
+        return _from_kubeconfig(Path(kubeconfig), master=master, use_context=context)
     if master:
         return Connection(server=_server_url(master, tls=False), ssl_context=_tls())
     _log.warning(
@@ -179,10 +181,10 @@ def _in_cluster(env: Mapping[str, str], *, token_file: str, ca_file: str) -> Con
     )
 
 
-def _from_kubeconfig(path: Path, *, master: str) -> Connection:
+def _from_kubeconfig(path: Path, *, master: str, use_context: str = "") -> Connection:
     where = f"kubeconfig {path}"
     doc = _load_yaml(path)
-    context_name = doc.get("current-context") or ""
+    context_name = use_context or doc.get("current-context") or ""
     if not context_name:
         raise KubeError(f"{where}: no current-context")
     context = _named(doc, "contexts", "context", context_name, where)

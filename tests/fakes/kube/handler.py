@@ -136,7 +136,11 @@ def handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 raise status.no_route()
             verb = _verb(self.command, route, self._query)
             resource = route.rtype.plural + (f"/{route.subresource}" if route.subresource else "")
-            if not self._user.may(verb, resource, route.namespace, route.name):
+            # As the API server's request-info resolver does, a list or watch with an exact
+            # `metadata.name` field selector is authorized as a request for that name, so a
+            # rule with resourceNames can allow it (the RBAC docs' "Referring to resources").
+            name = route.name or (_selected_name(self._query) if verb in ("list", "watch") else "")
+            if not self._user.may(verb, resource, route.namespace, name):
                 raise status.forbidden(
                     self._user.name,
                     verb,
@@ -269,6 +273,16 @@ def handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
 
     return Handler
+
+
+def _selected_name(query: dict[str, str]) -> str:
+    """The name an exact `metadata.name=` (or `==`) field selector picks, or ""."""
+    for term in query.get("fieldSelector", "").split(","):
+        for op in ("==", "="):
+            field, sep, value = term.partition(op)
+            if sep and field.strip() == "metadata.name":  # `!=` leaves "metadata.name!" here
+                return value.strip()
+    return ""
 
 
 def _self_subject_review(user: dict[str, Any]) -> dict[str, Any]:

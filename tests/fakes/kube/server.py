@@ -314,8 +314,9 @@ class FakeApiServer:
         core = [r for r in self.resources if not r.group]
         groups: dict[str, list[str]] = {}
         for rtype in self.resources:
-            if rtype.group:
-                groups.setdefault(rtype.group, []).append(rtype.version)
+            versions = groups.setdefault(rtype.group, []) if rtype.group else None
+            if versions is not None and rtype.version not in versions:
+                versions.append(rtype.version)  # one entry per version, however many resources
         docs: dict[str, Callable[[], Doc]] = {
             "/api": lambda: discovery.api_versions(address),
             "/api/v1": lambda: discovery.resource_list("v1", core),

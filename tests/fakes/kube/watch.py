@@ -166,7 +166,11 @@ class WatchStream:
                 return
             for line in lines:
                 self._chunk(line)
-            self._loop(epochs)
+            try:
+                self._loop(epochs)
+            except status.ApiError:
+                # The headers are out: an error answer would land inside the chunked body.
+                self.h.abort()
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.h.close_connection = True
         finally:
