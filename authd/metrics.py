@@ -53,6 +53,8 @@ RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BACKENDS = BACKEND_MODES
 STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_error")
 NO_BACKEND = "none"
+# The state-dir files whose permissions are checked at start (authd.server.tls.LOOSE_FILES).
+STATE_FILES = ("key", "state_dir")
 
 
 class Metrics:
@@ -149,6 +151,7 @@ class Metrics:
             registry=reg,
         )
         self._init_protection(reg)
+        self._init_runtime(reg)
         self.backend_reloads = Counter(
             "authd_backend_reloads_total",
             "New snapshots of a backend's mappings swapped in by a reload.",
@@ -392,6 +395,37 @@ class Metrics:
         """A private DNS name was looked up: found in the cache or not."""
         self.ec2_cache_lookups.labels(result="hit" if hit else "miss").inc()
 
+    # --- the process's own footing: state-dir permissions, dropped log lines ---
+
+    def _init_runtime(self, reg: CollectorRegistry) -> None:
+        """authd's series for loose state files and dropped log lines, at zero."""
+        self.state_files_loose = Gauge(
+            "authd_state_files_loose",
+            "1 when a state-dir file (key, state_dir) can be read or changed by others "
+            "(a warning at start says how to fix it).",
+            ["file"],
+            registry=reg,
+        )
+        for name in STATE_FILES:
+            self.state_files_loose.labels(file=name).set(0)
+        self.log_drops = _CallbackCounter(
+            "authd_log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up (stderr or journald "
+            "stalled and its queue was full).",
+        )
+        reg.register(self.log_drops)
+
+    def state_files(self, loose: Iterable[str]) -> None:
+        """Mark the state-dir files in `loose` (names from STATE_FILES) as readable or
+        changeable by others."""
+        found = set(loose)
+        for name in STATE_FILES:
+            self.state_files_loose.labels(file=name).set(1 if name in found else 0)
+
+    def watch_log_drops(self, read: Callable[[], int]) -> None:
+        """Read the count of dropped log lines from `read` at each scrape."""
+        self.log_drops.read = read
+
     # --- exposition ---
 
     def render(self) -> tuple[bytes, str]:
@@ -562,6 +596,25 @@ class _WithoutCreated(Collector):
         for family in self._registry.collect():
             family.samples = _drop_created(family.samples)
             yield family
+
+
+class _CallbackCounter(Collector):
+    """One unlabeled counter whose value is read from a callable at scrape time."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], int] = lambda: 0
+        # (name, type, labels, help), as `_ReviewSeries.FAMILIES`, for the reference page.
+        self.FAMILIES = ((f"{name}_total", "counter", (), documentation),)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family, for the registry's duplicate check."""
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter's current value."""
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 def _drop_created(samples: Iterable[Sample]) -> list[Sample]:

@@ -36,6 +36,7 @@ def render() -> str:
         for metric in collectors(metrics)
     ]
     found += metrics.review_series.FAMILIES
+    found += metrics.log_drops.FAMILIES
     rows = []
     for name, kind, label_names, help_text in sorted(found):
         labels = ", ".join(f"`{label}`" for label in label_names) or "-"

@@ -9,6 +9,7 @@ table and marks the backend not ready.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,7 +68,8 @@ async def run_server(
         settings: the resolved flags and config.
         region: the server's AWS region (EC2 calls, the STS endpoint policy).
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
-        limits: the listener's connection limits; defaults when None.
+        limits: the listener's connection limits; defaults when None. The per-client cap
+            always comes from `settings`.
         sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
             benchmark's A/B run sets it.
 
@@ -80,7 +82,12 @@ async def run_server(
     backends = Backends(settings, metrics)
     backends.load_all()
     pair = write_state(settings)
-    ssl_context = tls.server_ssl_context(pair)
+    metrics.state_files(pair.loose)
+    metrics.watch_log_drops(logs.dropped_lines)
+    ssl_context = tls.server_ssl_context(pair, client_ca_file=settings.client_ca_file)
+    limits = dataclasses.replace(
+        limits or Limits(), max_connections_per_client=settings.max_connections_per_client
+    )
     policy = EndpointPolicy.create(
         partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
     )
@@ -120,7 +127,7 @@ async def run_server(
                         ssl_context=ssl_context,
                         host=settings.address,
                         port=settings.port,
-                        limits=limits or Limits(),
+                        limits=limits,
                         shutdown=shutdown,
                     )
                     with _naming(_join(settings.address, settings.port)):
