@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "server": "bench.server",
     "sts": "bench.sts_protection",
     "reload": "bench.reload",
+    "watcher": "bench.watcher",
 }
 
 

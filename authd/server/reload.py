@@ -45,7 +45,6 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -60,8 +59,11 @@ log = structlog.get_logger("authd.server.reload")
 
 T = TypeVar("T")
 
-# Opens and reads without writing (our own reads among them) never change content, so the
-# kernel is not asked to report them.
+# What the kernel is asked to report for a watched directory's entries. Opens and reads without
+# writing (our own reads among them) never change content. Nor are single writes reported: a file
+# written in place is seen when its writer closes it (FileClosedEvent), so a log appended to beside
+# the config, one write per line, costs nothing (inotify cannot report one entry's writes only; a
+# writer that never closes is caught by the periodic re-read).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     DirCreatedEvent,
@@ -69,7 +71,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirDeletedEvent,
     FileMovedEvent,
     DirMovedEvent,
-    FileModifiedEvent,
     FileClosedEvent,
 ]
 
