@@ -193,11 +193,12 @@ def render(found: dict[str, object]) -> str:
         "",
         "The directory watch does not ask the kernel for single writes (a file written in place "
         "is seen when its writer closes it), and events on names the config does not resolve "
-        "through are dropped in watchdog's thread (authd/server/reload.py). Before, every "
-        "appended line was an inotify event handled by watchdog's threads and the trio thread: "
-        "the same idle measurement on the previous code gave about 60 ms of authd CPU per "
-        "second with the writer beside the config, and the drop in cache-hit reviews/s was "
-        "23-35% per round.",
+        "through are dropped in watchdog's thread (authd/server/reload.py). Before (main at "
+        "cdf804b, the same bench with that tree's daemon: `PYTHONPATH=<that tree> python -m "
+        "bench watcher --no-write`), every appended line was an inotify event handled by "
+        "watchdog's threads and the trio thread: the writer beside the config cost 22.8% of "
+        "cache-hit reviews/s (19-26% per round; the control window 5%) and, with no reviews, "
+        "67 ms of authd CPU per second.",
     ]
     return "\n".join(lines) + "\n"
 
