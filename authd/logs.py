@@ -10,14 +10,25 @@ by field (`render_json`). Upstream's level names are accepted.
 The one line per review (authd's access log, thousands a second under load) has its own writer,
 `review_log`: the same keys, order, timestamp and redaction as structlog's lines, without
 structlog's per-line dispatch, which cost more than rendering the line.
+
+The daemon logs through a queue (`configure(queued=True)`): a line is rendered by the caller and
+appended to a bounded queue; one writer thread wakes every 10 ms and writes what has gathered, in
+one batch, to the stream's file descriptor. A stalled stderr or journald then stalls only that
+thread, never a review; when the queue is full a line is dropped and counted (`dropped_lines`,
+exported as `authd_log_lines_dropped_total`).
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
+import contextlib
 import functools
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +48,8 @@ __all__ = [
     "ReviewLog",
     "add_timestamp",
     "configure",
+    "drain",
+    "dropped_lines",
     "log_review",
     "parse_level",
     "processors",
@@ -91,7 +104,20 @@ def parse_level(name: str) -> int:
         ) from None
 
 
-def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+# Lines held for the writer thread; beyond this a stalled stream costs lines, not reviews.
+QUEUE_LINES = 1024
+# How often the writer thread wakes to write what has gathered, in seconds.
+FLUSH_INTERVAL = 0.01
+
+
+def configure(
+    *,
+    fmt: str = "json",
+    level: str = "info",
+    stream: TextIO | None = None,
+    queued: bool = False,
+    queue_lines: int = QUEUE_LINES,
+) -> None:
     """Set up structlog and the standard `logging` module for the whole process.
 
     Call it once per process, before logging: each logger binds its output on first use
@@ -103,13 +129,18 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
             else logs upstream's warning and uses text.
         level: an upstream level name (panic, fatal, error, warning, warn, info, debug, trace).
         stream: where lines go (default: the current `sys.stderr`).
+        queued: hand lines to a writer thread through a queue of `queue_lines` lines (the
+            daemon does); a full queue drops the line and counts it. A stream without a file
+            descriptor is written by the thread through its own `write`.
+        queue_lines: the queue's bound, in lines.
 
     Raises:
         ConfigError: an invalid level, with upstream's message.
     """
     threshold = parse_level(level)
+    target = stream if stream is not None else sys.stderr
     # structlog and logging need only write() and flush(); they are typed for a TextIO.
-    out = cast(TextIO, _Unfailing(stream if stream is not None else sys.stderr))
+    out = cast(TextIO, _QueuedOutput.start(target, queue_lines) if queued else _Unfailing(target))
     unknown_format = fmt not in FORMATS
     # JSON lines are redacted by their renderer (`render_json`); text lines by `redact`.
     finish: list[Processor] = (
@@ -159,6 +190,117 @@ class _Unfailing:
             self._stream.flush()
         except (OSError, ValueError):
             pass
+
+
+class _QueuedOutput:
+    """The log stream as a bounded queue drained by one writer thread.
+
+    `write` never blocks: it appends the text to a deque (no lock, no wake-up) or, when the
+    deque is full, drops it and counts it. The thread wakes every FLUSH_INTERVAL seconds and
+    writes what has gathered as one batch, so reviews pay neither a thread wake-up nor a
+    system call per line. It writes to a duplicate of the stream's file descriptor with
+    `os.write` (no Python buffer lock held while the stream is stalled, so the interpreter can
+    still exit), or through the stream's own `write` when it has no descriptor.
+    """
+
+    current: ClassVar[_QueuedOutput | None] = None
+
+    def __init__(self, stream: TextIO, capacity: int) -> None:
+        self._lines: collections.deque[str] = collections.deque()
+        self._capacity = capacity
+        self._stream = stream
+        self._fd = _duplicate_fd(stream)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="authd-log-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, stream: TextIO, capacity: int) -> _QueuedOutput:
+        """A new queue and writer for `stream`; the previous one is drained and stopped."""
+        if cls.current is not None:
+            cls.current.close(timeout=1.0)
+        cls.current = cls(stream, capacity)
+        return cls.current
+
+    def write(self, text: str) -> int:
+        """Queue `text`, or drop and count it when the queue is full."""
+        if len(self._lines) < self._capacity:
+            self._lines.append(text)  # deque.append is atomic: no lock needed
+        else:
+            with self._lock:
+                self.dropped += 1
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer thread writes within FLUSH_INTERVAL."""
+
+    def close(self, *, timeout: float) -> None:
+        """Write what is queued within `timeout` seconds, then stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._fd is not None and not self._thread.is_alive():
+            os.close(self._fd)
+            self._fd = None
+
+    def _run(self) -> None:
+        """Write what has gathered every FLUSH_INTERVAL seconds; once more when stopped."""
+        while not self._stop.wait(FLUSH_INTERVAL):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write every queued line, in batches."""
+        lines = self._lines
+        while lines:
+            batch: list[str] = []
+            with contextlib.suppress(IndexError):
+                for _ in range(1024):
+                    batch.append(lines.popleft())
+            self._emit("".join(batch))
+
+    def _emit(self, text: str) -> None:
+        """Write `text` whole; a line that cannot be written is dropped (the stream is gone)."""
+        if self._fd is None:
+            _Unfailing(self._stream).write(text)
+            _Unfailing(self._stream).flush()
+            return
+        data = memoryview(text.encode("utf-8", "replace"))
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:
+            pass
+
+
+def _duplicate_fd(stream: TextIO) -> int | None:
+    """A duplicate of `stream`'s file descriptor (after flushing it), or None if it has none."""
+    try:
+        fd = stream.fileno()
+        stream.flush()
+        return os.dup(fd)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def dropped_lines() -> int:
+    """Log lines dropped so far because the queue was full (0 when lines are not queued)."""
+    output = _QueuedOutput.current
+    return output.dropped if output is not None else 0
+
+
+def drain(*, timeout: float = 2.0) -> None:
+    """Write out queued lines (at most `timeout` seconds) and stop the writer thread.
+
+    The CLI calls it before exiting; it also runs at interpreter exit.
+    """
+    output, _QueuedOutput.current = _QueuedOutput.current, None
+    if output is not None:
+        output.close(timeout=timeout)
+
+
+atexit.register(drain)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

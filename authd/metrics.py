@@ -57,6 +57,8 @@ STS_CALL_OUTCOMES = ("ok", "rejected", "throttled", "unavailable", "connection_e
 NO_BACKEND = "none"
 STS_LANES = ("reserved", "open")
 DENIAL_KINDS = ("token", "access_key")
+# The state-dir files whose permissions are checked at start (authd.server.tls.LOOSE_FILES).
+STATE_FILES = ("key", "state_dir")
 
 
 class Metrics:
@@ -154,6 +156,7 @@ class Metrics:
         )
         self._init_protection(reg)
         self._init_flood(reg)
+        self._init_runtime(reg)
         self.backend_reloads = Counter(
             "authd_backend_reloads_total",
             "New snapshots of a backend's mappings swapped in by a reload.",
@@ -507,6 +510,37 @@ class Metrics:
                 lambda kind=kind: denials(kind)  # type: ignore[misc]
             )
 
+    # --- the process's own footing: state-dir permissions, dropped log lines ---
+
+    def _init_runtime(self, reg: CollectorRegistry) -> None:
+        """authd's series for loose state files and dropped log lines, at zero."""
+        self.state_files_loose = Gauge(
+            "authd_state_files_loose",
+            "1 when a state-dir file (key, state_dir) can be read or changed by others "
+            "(a warning at start says how to fix it).",
+            ["file"],
+            registry=reg,
+        )
+        for name in STATE_FILES:
+            self.state_files_loose.labels(file=name).set(0)
+        self.log_drops = _CallbackCounter(
+            "authd_log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up (stderr or journald "
+            "stalled and its queue was full).",
+        )
+        reg.register(self.log_drops)
+
+    def state_files(self, loose: Iterable[str]) -> None:
+        """Mark the state-dir files in `loose` (names from STATE_FILES) as readable or
+        changeable by others."""
+        found = set(loose)
+        for name in STATE_FILES:
+            self.state_files_loose.labels(file=name).set(1 if name in found else 0)
+
+    def watch_log_drops(self, read: Callable[[], int]) -> None:
+        """Read the count of dropped log lines from `read` at each scrape."""
+        self.log_drops.read = read
+
     # --- exposition ---
 
     def render(self) -> tuple[bytes, str]:
@@ -723,6 +757,25 @@ class _WithoutCreated(Collector):
         for family in self._registry.collect():
             family.samples = _drop_created(family.samples)
             yield family
+
+
+class _CallbackCounter(Collector):
+    """One unlabeled counter whose value is read from a callable at scrape time."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], int] = lambda: 0
+        # (name, type, labels, help), as `_ReviewSeries.FAMILIES`, for the reference page.
+        self.FAMILIES = ((f"{name}_total", "counter", (), documentation),)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family, for the registry's duplicate check."""
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter's current value."""
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 def _drop_created(samples: Iterable[Sample]) -> list[Sample]:

@@ -37,6 +37,7 @@ def render() -> str:
     ]
     found += metrics.review_series.FAMILIES
     found += metrics.informers.reference()
+    found += metrics.log_drops.FAMILIES
     rows = []
     for name, kind, label_names, help_text in sorted(found):
         labels = ", ".join(f"`{label}`" for label in label_names) or "-"

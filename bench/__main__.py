@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "edges": "bench.edges",
     "flood": "bench.flood",
     "kube": "bench.kube",
+    "watcher": "bench.watcher",
 }
 
 

@@ -361,6 +361,7 @@ def test_defaults_without_file_or_flags() -> None:
     assert (s.identity_cache_size, s.ec2_cache_ttl, s.ec2_batch_window) == (100000, 900.0, 0.01)
     assert (s.identity_cache_bytes, s.extra_sts_regions) == (16 * 1024 * 1024, ())
     assert (s.health_address, s.log_verbosity, s.log_format) == ("", "info", "json")
+    assert (s.client_ca_file, s.max_connections_per_client) == ("", 500)
     assert s.feature_gates == FeatureGates()
     assert s.mapping == MappingConfig()
     assert not s.kubeconfig_pregenerated and not s.dynamicfile_userid_strict
@@ -433,6 +434,10 @@ def test_unknown_flag_key_is_refused() -> None:
         ({"identity_cache_bytes": -1}, "--identity-cache-bytes: must not be negative"),
         ({"kubeconfig_pregenerated": "yes"}, "--kubeconfig-pregenerated: expected true or false"),
         ({"health_address": "nowhere"}, '--health-address: "nowhere" is not a host:port'),
+        (
+            {"max_connections_per_client": 0},
+            "--max-connections-per-client: must be greater than zero",
+        ),
     ],
 )
 def test_bad_flag_values_name_the_flag(flags: dict[str, object], fragment: str) -> None:
@@ -710,3 +715,15 @@ async def test_demo_config_maps_the_demo_identities() -> None:
     )
     user = (await chain.map(dev)).user
     assert (user.username, user.groups) == ("dev", ("developers",))
+
+
+def test_client_ca_and_per_client_cap_come_from_flags_or_the_file() -> None:
+    """`--client-ca-file` and `--max-connections-per-client` have config keys
+    `server.clientCAFile` and `server.maxConnectionsPerClient`; a flag wins over the file."""
+    text = "clusterID: c\nserver:\n  clientCAFile: /etc/ca.pem\n  maxConnectionsPerClient: 20\n"
+    from_file = _settings(text)
+    assert (from_file.client_ca_file, from_file.max_connections_per_client) == ("/etc/ca.pem", 20)
+    flagged = _settings(
+        text, flags={"client_ca_file": "/run/ca.pem", "max_connections_per_client": "8"}
+    )
+    assert (flagged.client_ca_file, flagged.max_connections_per_client) == ("/run/ca.pem", 8)

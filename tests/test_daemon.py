@@ -259,3 +259,95 @@ def test_busy_port_is_one_line_and_exit_1(tmp_path: Path, config: Path) -> None:
     # Everything else on stderr is a JSON log line of the start-up (keypair, kubeconfig).
     plain = [line for line in proc.lines if not line.startswith("{")]
     assert plain == [f"cannot listen on 127.0.0.1:{port}: Address already in use\n"]
+
+
+def test_reviews_are_answered_while_nobody_reads_stderr(tmp_path: Path, config: Path) -> None:
+    """With stderr a pipe that nobody reads, the daemon keeps answering reviews (far more log
+    lines than the pipe holds) and counts the lines it had to drop."""
+    import ssl
+    import time
+
+    import httpx
+
+    from tests.daemon import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "authd",
+            "server",
+            f"--config={config}",
+            f"--port={port}",
+            f"--state-dir={tmp_path / 'state'}",
+            f"--generate-kubeconfig={tmp_path / 'kubeconfig.yaml'}",
+        ],
+        env=base_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # never read
+    )
+    try:
+        cert = tmp_path / "state" / "cert.pem"
+        deadline = time.monotonic() + 20
+        while not cert.exists() or not _answers(port, cert):
+            assert proc.poll() is None, "daemon exited"
+            assert time.monotonic() < deadline, "daemon never answered /healthz"
+            time.sleep(0.05)
+        context = ssl.create_default_context(cafile=str(cert))
+        body = review("k8s-aws-v1.bm90LWEtdXJs")
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=10) as c:
+            for _ in range(2000):  # ~2,000 review lines: far past a 64 KiB pipe and the queue
+                answer = c.post("/authenticate", json=body)
+                assert answer.status_code == 200
+                assert answer.json()["status"]["authenticated"] is False
+            metrics = c.get("/metrics").text
+        dropped = [
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("authd_log_lines_dropped_total ")
+        ]
+        assert dropped and dropped[0] > 0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _answers(port: int, cert: Path) -> bool:
+    """Whether the daemon on `port` answers /healthz over TLS yet."""
+    import ssl
+
+    import httpx
+
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=context).status_code == 200
+    except (httpx.HTTPError, ssl.SSLError, OSError):
+        return False
+
+
+def test_loose_prewritten_key_is_warned_about_and_counted(tmp_path: Path, config: Path) -> None:
+    """A pre-written key that others can read is used, named in a start-up warning that says
+    how to fix it, and shown as authd_state_files_loose{file="key"} 1."""
+    first = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    first.wait_for("listening")
+    assert first.stop() == 0
+    key = tmp_path / "state" / "key.pem"
+    key.chmod(0o644)
+    second = Daemon([f"--config={config}"], state=tmp_path, env=base_env())
+    try:
+        second.wait_for("listening")
+        warned = [
+            json.loads(line)["event"]
+            for line in second.lines
+            if line.startswith("{") and json.loads(line).get("level") == "warning"
+        ]
+        assert any(f"chmod 600 {key}" in text for text in warned)
+        with second.client() as client:
+            text = client.get("/metrics").text
+        assert 'authd_state_files_loose{file="key"} 1.0' in text
+        assert 'authd_state_files_loose{file="state_dir"} 0.0' in text
+    finally:
+        second.stop()

@@ -616,3 +616,60 @@ async def test_shutdown_grace_bounds_a_stuck_request() -> None:
             shutdown.set()
     assert trio.current_time() - begin >= 0.2
     assert len(errors) == 1
+
+
+# --- issue 13: request smuggling and one client's share of the connections -------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["length-first", "encoding-first"],
+)
+async def test_content_length_with_transfer_encoding_gets_400_and_close(
+    pair: KeyPair, head: bytes
+) -> None:
+    """A request framed both by Content-Length and Transfer-Encoding is refused 400 and closed,
+    and its handler never runs."""
+    seen: list[str] = []
+
+    async def recording(request: Request) -> Response:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with running(recording, pair=pair) as address, raw_tls(address, pair) as raw:
+        await raw.send(head + b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = await raw.response()
+        assert (status, headers[b"connection"]) == (400, b"close")
+        with trio.fail_after(5):
+            leftover = await raw.closed()
+        assert b"HTTP/1.1" not in leftover
+    assert seen == []
+
+
+async def test_one_client_cannot_hold_more_than_its_connection_cap(pair: KeyPair) -> None:
+    """Over `max_connections_per_client`, a client's new connection is closed at once while
+    its earlier ones keep working; once one closes, the client may connect again."""
+    limits = Limits(max_connections=10, max_connections_per_client=2)
+    async with running(echo, pair=pair, limits=limits) as address:
+        async with raw_tls(address, pair) as first, raw_tls(address, pair) as second:
+            async with raw_tcp(address) as third:
+                with trio.fail_after(5):
+                    assert await third.closed() == b""
+            await first.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await first.response())[0] == 200
+            await second.send(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await second.response())[0] == 200
+        with trio.fail_after(5):
+            async with raw_tls(address, pair) as again:
+                await again.send(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await again.response())[0] == 200
+
+
+def test_per_client_cap_must_be_at_least_one() -> None:
+    """A per-client cap of zero would refuse everyone, so it is a configuration error."""
+    with pytest.raises(ConfigError, match="max_connections_per_client"):
+        Limits(max_connections_per_client=0)

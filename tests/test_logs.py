@@ -314,3 +314,48 @@ def test_a_log_that_cannot_be_written_does_not_fail_the_caller(
     assert "still here" in tried
     assert "library line" in tried
     assert "alice" in tried  # the review line's username
+
+
+# --- issue 13: the log never stalls the caller ------------------------------------------------
+
+
+def test_queued_lines_reach_the_stream_in_order_and_drain_at_exit() -> None:
+    """With `queued=True`, lines written by structlog and `logging` reach the stream's file
+    descriptor whole and in order once drained."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out:
+        logs.configure(fmt="json", level="info", stream=out, queued=True)
+        log = structlog.get_logger("test.queued")
+        for n in range(500):
+            log.info("line", n=n)
+        logging.getLogger("test.queued.stdlib").warning("from logging")
+        logs.drain(timeout=10)
+        out.seek(0)
+        lines = [json.loads(line) for line in out.read().splitlines()]
+        assert os.fstat(out.fileno()).st_size > 0
+    assert [line["n"] for line in lines if line["event"] == "line"] == list(range(500))
+    assert lines[-1]["event"] == "from logging"
+    assert logs.dropped_lines() == 0
+
+
+def test_a_stalled_stream_drops_and_counts_lines_but_never_blocks_the_writer() -> None:
+    """When nobody reads the pipe logs go to, logging still returns at once; lines beyond the
+    pipe and the queue are dropped and counted."""
+    import os
+
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    try:
+        logs.configure(fmt="json", level="info", stream=stream, queued=True, queue_lines=100)
+        log = structlog.get_logger("test.stalled")
+        for n in range(5000):  # a blocking write would never get through this loop
+            log.info("filler", n=n, pad="x" * 200)
+        dropped = logs.dropped_lines()
+        logs.drain(timeout=0.2)  # the writer is stuck in write(): give up, do not hang
+    finally:
+        stream.close()
+        os.close(read_end)
+    # 5,000 lines of ~260 bytes: a 64 KiB pipe holds ~250, the queue 100; the rest are counted.
+    assert dropped >= 5000 - 100 - 1000

@@ -218,3 +218,25 @@ def test_instances_do_not_share_state() -> None:
     first.ec2_describe_instances_call()
     assert first.registry.get_sample_value(f"{P}ec2_describe_instances_calls_total") == 1.0
     assert second.registry.get_sample_value(f"{P}ec2_describe_instances_calls_total") == 0.0
+
+
+def test_loose_state_files_and_dropped_log_lines_are_exported() -> None:
+    """The loose-state gauge exists at zero for each state file and follows `state_files`; the
+    dropped-log-lines counter reads its source at each scrape."""
+    from authd.metrics import STATE_FILES
+    from authd.server.tls import LOOSE_FILES
+
+    assert STATE_FILES == LOOSE_FILES
+    metrics = Metrics(process_collector=False)
+    reg = metrics.registry
+    for name in STATE_FILES:
+        assert reg.get_sample_value("authd_state_files_loose", {"file": name}) == 0
+    metrics.state_files(["key"])
+    assert reg.get_sample_value("authd_state_files_loose", {"file": "key"}) == 1
+    assert reg.get_sample_value("authd_state_files_loose", {"file": "state_dir"}) == 0
+    assert reg.get_sample_value("authd_log_lines_dropped_total") == 0
+    dropped = [7]
+    metrics.watch_log_drops(lambda: dropped[0])
+    assert reg.get_sample_value("authd_log_lines_dropped_total") == 7
+    dropped[0] = 9
+    assert b"authd_log_lines_dropped_total 9.0" in metrics.render()[0]

@@ -18,6 +18,7 @@ from authd.server.reload import (
     FileReloader,
     Timing,
     open_directory_watcher,
+    resolution_paths,
 )
 
 FAST = Timing(debounce=0.05, empty_grace=0.3, resync=60.0)
@@ -161,26 +162,29 @@ async def test_configmap_data_symlink_swap_is_applied(
 async def test_truncate_and_write_in_steps_is_one_change(
     watcher: DirectoryWatcher, tmp_path: Path
 ) -> None:
-    """An in-place write in several steps inside the debounce window is parsed once, whole."""
+    """An in-place write in several steps is parsed once, whole: the steps themselves send
+    nothing (single writes are not reported, so a busy log beside the file costs nothing),
+    and the writer's close is the one change."""
     path = tmp_path / "m.json"
     path.write_bytes(b"v1")
-    slow = Timing(debounce=1.0, empty_grace=0.3, resync=60.0)
     async with trio.open_nursery() as nursery:
-        run = await start(nursery, watcher, path, timing=slow)
+        run = await start(nursery, watcher, path)
         sub = run.reloader._sub
         assert sub is not None
         with path.open("r+b") as stream:
             for part in (b"", b"v2-part-one;", b"v2-part-two"):
-                seen = sub.generation
                 if part:
                     stream.write(part)
                 else:
                     stream.truncate(0)
                 stream.flush()
                 os.fsync(stream.fileno())
-                # The watcher heard this step before the next one is written.
-                with trio.fail_after(WAIT):
-                    await sub.wait_rung_after(seen)
+                # Give a (wrongly) reported step time to be read half-written.
+                await trio.sleep(FAST.debounce * 3)
+            assert run.target.parsed == [b"v1"]
+            seen = sub.generation
+        with trio.fail_after(WAIT):
+            await sub.wait_rung_after(seen)  # the close
         await run.target.wait_until(lambda: len(run.target.applied) == 2)
         assert run.target.parsed == [b"v1", b"v2-part-one;v2-part-two"]
         nursery.cancel_scope.cancel()
@@ -269,7 +273,7 @@ async def test_symlink_to_another_directory_follows_the_target(
 
 
 async def test_unchanged_content_is_a_no_op(watcher: DirectoryWatcher, tmp_path: Path) -> None:
-    """Rewriting the same bytes, or touching a neighbour, is read and hashed but not parsed."""
+    """Rewriting the same bytes is read and hashed but not parsed."""
     path = tmp_path / "m.yaml"
     path.write_bytes(b"v1")
     async with trio.open_nursery() as nursery:
@@ -278,12 +282,50 @@ async def test_unchanged_content_is_a_no_op(watcher: DirectoryWatcher, tmp_path:
         replace(path, b"v1")
         with trio.fail_after(WAIT):
             await run.reloader.wait_checked(checks + 1)
-        (tmp_path / "neighbour").write_bytes(b"x")
-        with trio.fail_after(WAIT):
-            await run.reloader.wait_checked(checks + 2)
         assert run.target.parsed == [b"v1"]
         assert len(run.target.changes) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_events_on_unwatched_neighbours_never_reach_the_reloader(
+    watcher: DirectoryWatcher, tmp_path: Path
+) -> None:
+    """A log appended to beside the watched file rings nothing: only events on names the
+    watched path resolves through get past watchdog's thread, so the file's own save that
+    follows is the only ring."""
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"v1")
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, watcher, path)
+        sub = run.reloader._sub
+        assert sub is not None
+        before, checks = sub.generation, run.reloader.checks
+        for n in range(200):  # open, append, close: modify and close events that the
+            with (tmp_path / "neighbour.log").open("a") as log:  # kernel cannot merge
+                log.write(f"line {n}\n")
+        path.write_bytes(b"v2")  # in place: modify + close events on the watched name only
+        await run.target.wait_until(lambda: run.target.applied[-1:] == [b"v2"])
+        assert run.reloader.checks == checks + 1
+        # The watched file's own write makes a handful of events; 200 appends would make 200.
+        assert sub.generation - before < 10
+        nursery.cancel_scope.cancel()
+
+
+def test_resolution_paths_follow_a_configmap_volume(tmp_path: Path) -> None:
+    """Resolving a ConfigMap volume's file looks up its name, the `..data` link and the
+    timestamped directory, so events on exactly those names are let through."""
+    volume = tmp_path / "cm"
+    (volume / "..2024_01_01").mkdir(parents=True)
+    (volume / "..2024_01_01" / "config.yaml").write_bytes(b"v1")
+    os.symlink("..2024_01_01", volume / "..data")
+    os.symlink("..data/config.yaml", volume / "config.yaml")
+    (volume / "other.log").write_bytes(b"")
+    seen = resolution_paths(str(volume / "config.yaml"))
+    in_volume = {os.path.basename(p) for p in seen if os.path.dirname(p) == str(volume)}
+    assert in_volume == {"config.yaml", "..data", "..2024_01_01"}
+    assert str(volume / "..2024_01_01" / "config.yaml") in seen
+    missing = resolution_paths(str(tmp_path / "a" / "b" / "c.yaml"))
+    assert {str(tmp_path / "a"), str(tmp_path / "a" / "b")} <= missing
 
 
 async def test_trigger_reapplies_unchanged_content(
@@ -344,3 +386,35 @@ async def test_resync_rereads_without_events(watcher: DirectoryWatcher, tmp_path
         await run.target.wait_until(lambda: run.target.applied[-1:] == [b"v2"])
         assert run.target.changes[-1].trigger == "resync"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_never_touches_the_disk_on_the_event_loop(
+    watcher: DirectoryWatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From event to applied version, every stat, readlink and read of a reload happens in a
+    worker thread: the trio thread (which answers reviews) never waits on the disk."""
+    import threading
+
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"v1")
+    on_loop: list[str] = []
+    trio_thread = threading.current_thread()
+
+    def watching(name: str, real: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            if threading.current_thread() is trio_thread:
+                on_loop.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, watcher, path)
+        for name in ("stat", "lstat", "fstat", "readlink", "open"):
+            monkeypatch.setattr(os, name, watching(name, getattr(os, name)))
+        monkeypatch.setattr("builtins.open", watching("open()", open))
+        replace(path, b"v2")
+        await run.target.wait_until(lambda: run.target.applied[-1:] == [b"v2"])
+        monkeypatch.undo()
+        nursery.cancel_scope.cancel()
+    assert on_loop == []

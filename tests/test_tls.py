@@ -291,3 +291,167 @@ def test_context_load_failure_is_a_config_error(tmp_path: Path) -> None:
     pair.key_path.unlink()
     with pytest.raises(ConfigError, match=str(pair.key_path)):
         server_ssl_context(pair)
+
+
+# --- issue 13: renegotiation, client certificates, loose state files --------------------------
+
+
+def test_context_refuses_renegotiation(tmp_path: Path) -> None:
+    """The server context sets OP_NO_RENEGOTIATION, so a client cannot make it re-handshake."""
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    assert server_ssl_context(pair).options & ssl.OP_NO_RENEGOTIATION
+
+
+def _client_ca(directory: Path) -> tuple[Path, bytes, bytes]:
+    """A client CA (written to `directory/client-ca.pem`) and a client certificate it signed:
+    (CA file, client cert PEM, client key PEM)."""
+    now = datetime.datetime.now(datetime.UTC)
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apiserver-webhook-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = directory / "client-ca.pem"
+    ca_file.write_bytes(ca.public_bytes(pem))
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return ca_file, leaf.public_bytes(pem), key_pem
+
+
+async def _server_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> bool:
+    """Handshake over an in-memory pipe, then one byte each way; True when the server side
+    got through (with TLS 1.3 the client learns of a refusal only when it next reads)."""
+    left, right = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(left, server_ctx, server_side=True)
+    client = trio.SSLStream(right, client_ctx, server_hostname="localhost")
+    served: list[bool] = []
+
+    async def serve() -> None:
+        try:
+            await server.do_handshake()
+            await server.send_all(b"x")
+            served.append(True)
+        except trio.BrokenResourceError:
+            served.append(False)
+            await server.transport_stream.aclose()
+
+    async def connect() -> None:
+        try:
+            await client.do_handshake()
+            await client.receive_some(1)
+        except trio.BrokenResourceError:
+            pass
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            nursery.start_soon(connect)
+    return served == [True]
+
+
+async def test_client_ca_file_admits_only_clients_with_a_certificate_it_signed(
+    tmp_path: Path,
+) -> None:
+    """With `client_ca_file`, a client presenting a certificate from that CA completes the
+    handshake; one with no certificate, or one signed by another CA, is refused."""
+    pair = load_or_create_keypair(tmp_path / "state", address="127.0.0.1", hostname="localhost")
+    ca_file, cert_pem, key_pem = _client_ca(tmp_path)
+    server_ctx = server_ssl_context(pair, client_ca_file=str(ca_file))
+    (tmp_path / "client.pem").write_bytes(cert_pem + key_pem)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_cert, other_key = _client_ca(other)
+    (tmp_path / "other.pem").write_bytes(other_cert + other_key)
+
+    def client(certfile: str | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=pair.cert_pem.decode())
+        if certfile is not None:
+            ctx.load_cert_chain(certfile)
+        return ctx
+
+    assert await _server_handshake(server_ctx, client(str(tmp_path / "client.pem")))
+    assert not await _server_handshake(server_ctx, client(None))
+    assert not await _server_handshake(server_ctx, client(str(tmp_path / "other.pem")))
+    # Without the setting, a client without a certificate is served as before.
+    assert await _server_handshake(server_ssl_context(pair), client(None))
+
+
+def test_unreadable_client_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    """A client CA file that is missing or not PEM stops the start with a message naming it."""
+    pair = load_or_create_keypair(tmp_path, address="127.0.0.1", hostname="localhost")
+    with pytest.raises(ConfigError, match="client-ca-file"):
+        server_ssl_context(pair, client_ca_file=str(tmp_path / "missing.pem"))
+
+
+def test_new_state_dir_and_key_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """A state dir and key that authd creates are 0700 and 0600 even under umask 0, and not
+    reported as loose."""
+    import os
+
+    old = os.umask(0)
+    try:
+        state = tmp_path / "state"
+        pair = load_or_create_keypair(state, address="127.0.0.1", hostname="localhost")
+        again = load_or_create_keypair(state, address="127.0.0.1", hostname="localhost")
+    finally:
+        os.umask(old)
+    assert (_mode(state), _mode(pair.key_path)) == (0o700, 0o600)
+    assert again.loose == ()
+
+
+@pytest.mark.parametrize(
+    ("key_mode", "dir_mode", "loose"),
+    [
+        (0o644, 0o700, ("key",)),
+        (0o620, 0o700, ("key",)),
+        (0o600, 0o777, ("state_dir",)),
+        (0o604, 0o770, ("key", "state_dir")),
+        (0o600, 0o755, ()),
+        (0o400, 0o700, ()),
+    ],
+)
+def test_loose_existing_key_or_state_dir_is_used_but_named_in_a_warning(
+    tmp_path: Path, key_mode: int, dir_mode: int, loose: tuple[str, ...]
+) -> None:
+    """A pre-written key others can read or change, or a state dir others can write, is still
+    loaded (kops and tarmak write them) but named in a warning saying how to fix it."""
+    from structlog.testing import capture_logs
+
+    state = tmp_path / "state"
+    first = load_or_create_keypair(state, address="127.0.0.1", hostname="localhost")
+    first.key_path.chmod(key_mode)
+    state.chmod(dir_mode)
+    try:
+        with capture_logs() as logs:
+            pair = load_or_create_keypair(state, address="127.0.0.1", hostname="localhost")
+    finally:
+        state.chmod(0o700)
+    assert (pair.generated, pair.key_pem, pair.loose) == (False, first.key_pem, loose)
+    warned = [line["event"] for line in logs if line["log_level"] == "warning"]
+    assert len(warned) == len(loose)
+    if "key" in loose:
+        assert any(f"chmod 600 {first.key_path}" in text for text in warned)
+    if "state_dir" in loose:
+        assert any(f"chmod 700 {state}" in text for text in warned)

@@ -43,6 +43,8 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "ec2_cache_ttl": ("--ec2-cache-ttl", {}),
     "ec2_batch_window": ("--ec2-batch-window", {}),
     "health_address": ("--health-address", {}),
+    "client_ca_file": ("--client-ca-file", {}),
+    "max_connections_per_client": ("--max-connections-per-client", {}),
 }
 
 
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     print(f'Authenticator Version: "{__version__}", "{__commit__}"', flush=True)
     settings = load_settings(args, env, FLAGS)
-    logs.configure(fmt=settings.log_format, level=settings.log_verbosity)
+    # Queued: a stalled stderr or journald must never stall a review (docs/server.md).
+    logs.configure(fmt=settings.log_format, level=settings.log_verbosity, queued=True)
     log = structlog.get_logger("authd.server")
     for warning in settings.warnings:
         log.warning(warning)
@@ -117,6 +120,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if isinstance(error, AuthdError):
             raise error from None
         raise
+    finally:
+        logs.drain()
     return 0
 
 

@@ -74,6 +74,8 @@ _SERVER_KEYS = (
     "ec2CacheTTL",
     "ec2BatchWindow",
     "healthAddress",
+    "clientCAFile",
+    "maxConnectionsPerClient",
 )
 RELOADABLE_SERVER_KEYS = frozenset({"mapRoles", "mapUsers", "mapAccounts", "reservedPrefixConfig"})
 

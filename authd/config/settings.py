@@ -267,6 +267,14 @@ _SETTINGS: tuple[_Setting, ...] = (
         0.01,
     ),
     _Setting("health_address", "--health-address", "server.healthAddress", _host_port, ""),
+    _Setting("client_ca_file", "--client-ca-file", "server.clientCAFile", as_str, ""),
+    _Setting(
+        "max_connections_per_client",
+        "--max-connections-per-client",
+        "server.maxConnectionsPerClient",
+        _positive(as_int),
+        500,
+    ),
     _Setting(
         "log_verbosity", "--log-verbosity", "log-verbosity", as_str, "info", env=LOG_VERBOSITY_ENV
     ),
@@ -345,6 +353,8 @@ class ServerSettings:
     ec2_cache_ttl: float = 900.0
     ec2_batch_window: float = 0.01
     health_address: str = ""
+    client_ca_file: str = ""
+    max_connections_per_client: int = 500
     log_verbosity: str = "info"
     log_format: str = "json"
     feature_gates: FeatureGates = field(default_factory=FeatureGates)

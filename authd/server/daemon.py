@@ -10,6 +10,7 @@ the last good table and marks the backend not ready.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
@@ -90,7 +91,8 @@ async def run_server(
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
         env: the process environment, read only for the in-cluster Kubernetes connection
             (`KUBERNETES_SERVICE_HOST`/`_PORT`).
-        limits: the listener's connection limits; defaults when None.
+        limits: the listener's connection limits; defaults when None. The per-client cap
+            always comes from `settings`.
         sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
             benchmark's A/B run sets it.
 
@@ -104,7 +106,12 @@ async def run_server(
     backends = Backends(settings, metrics, open_kube=kube_opener(settings, env or {}))
     backends.load_all()
     pair = write_state(settings)
-    ssl_context = tls.server_ssl_context(pair)
+    metrics.state_files(pair.loose)
+    metrics.watch_log_drops(logs.dropped_lines)
+    ssl_context = tls.server_ssl_context(pair, client_ca_file=settings.client_ca_file)
+    limits = dataclasses.replace(
+        limits or Limits(), max_connections_per_client=settings.max_connections_per_client
+    )
     policy = EndpointPolicy.create(
         partition=settings.partition,
         region=region,
@@ -148,7 +155,7 @@ async def run_server(
                         ssl_context=ssl_context,
                         host=settings.address,
                         port=settings.port,
-                        limits=limits or Limits(),
+                        limits=limits,
                         shutdown=shutdown,
                     )
                     with _naming(_join(settings.address, settings.port)):

@@ -12,6 +12,10 @@ bounded request:
 - answering a request (handler and write) and then waiting for the next request share
   `idle_timeout`: a client that neither reads nor sends for that long is closed;
 - at most `max_connections` at once: beyond that, new connections wait in the listen backlog;
+  at most `max_connections_per_client` from one client address: beyond that, a new connection
+  from it is closed at once, so one caller cannot take every slot;
+- a request with both Content-Length and Transfer-Encoding -> 400 and close: two framings are
+  how requests are smuggled past a proxy that reads the other one;
 - TLS handshake failures, garbage and protocol errors (400) end one connection, never the server;
   a handler that raises answers 500 and is logged.
 
@@ -71,6 +75,7 @@ class Limits:
     idle_timeout: float = 60.0
     body_timeout: float = 30.0
     max_connections: int = 1000
+    max_connections_per_client: int = 500
     shutdown_grace: float = 10.0
     linger_timeout: float = 2.0
 
@@ -80,7 +85,12 @@ class Limits:
         Raises:
             ConfigError: a size or count below 1, or a duration not above 0.
         """
-        for name in ("max_head_bytes", "max_body_bytes", "max_connections"):
+        for name in (
+            "max_head_bytes",
+            "max_body_bytes",
+            "max_connections",
+            "max_connections_per_client",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"http limits: {name} must be at least 1")
         for name in ("header_timeout", "idle_timeout", "body_timeout"):
@@ -232,6 +242,7 @@ class _Server:
         self.limits = limits
         self.shared = _Shared()
         self.slots = trio.Semaphore(limits.max_connections)
+        self.per_client: dict[str, int] = {}
 
     async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept while a connection slot is free; at the cap, new clients wait in the backlog."""
@@ -249,15 +260,33 @@ class _Server:
             nursery.start_soon(self.handle, stream)
 
     async def handle(self, tcp: trio.SocketStream) -> None:
-        """Serve one accepted TCP connection, then free its slot."""
+        """Serve one accepted TCP connection, then free its slot.
+
+        A client address already holding `max_connections_per_client` connections has the new
+        one closed at once, before any TLS work.
+        """
+        client = _peer(tcp)
+        host = client[0] if client is not None else ""
+        held = self.per_client.get(host, 0)
         try:
-            stream: trio.abc.Stream = tcp
-            if self.ssl_context is not None:
-                stream = trio.SSLStream(
-                    tcp, self.ssl_context, server_side=True, https_compatible=True
-                )
-            client = _peer(tcp)
-            await _Connection(stream, self.handler, self.limits, client, self.shared).serve()
+            if held >= self.limits.max_connections_per_client:
+                _log.debug("connection over the per-client cap closed", client=host)
+                await _abort(tcp)
+                return
+            self.per_client[host] = held + 1
+            try:
+                stream: trio.abc.Stream = tcp
+                if self.ssl_context is not None:
+                    stream = trio.SSLStream(
+                        tcp, self.ssl_context, server_side=True, https_compatible=True
+                    )
+                await _Connection(stream, self.handler, self.limits, client, self.shared).serve()
+            finally:
+                left = self.per_client[host] - 1
+                if left:
+                    self.per_client[host] = left
+                else:
+                    del self.per_client[host]
         finally:
             self.slots.release()
 
@@ -378,6 +407,8 @@ class _Connection:
             request = await self._receive_head(first=first)
             if request is None:
                 return False  # the client closed the connection
+            if _two_framings(request):
+                raise _AmbiguousFraming
             if self.received + pending > limits.max_head_bytes and (
                 _head_size(request) > limits.max_head_bytes
             ):
@@ -393,7 +424,7 @@ class _Connection:
             scope.deadline = trio.current_time() + limits.idle_timeout
             response = await self._call(request, body)
             await self._send(response, head=request.method == b"HEAD")
-        except (h11.RemoteProtocolError, _BodyTooLarge, _HeadTooLarge) as exc:
+        except (h11.RemoteProtocolError, _BodyTooLarge, _HeadTooLarge, _AmbiguousFraming) as exc:
             await self._refuse(exc.error_status_hint)
             return False
         if conn.our_state is h11.MUST_CLOSE or self.shared.closing:
@@ -564,6 +595,22 @@ def _content_length(request: h11.Request) -> int:
     return 0
 
 
+def _two_framings(request: h11.Request) -> bool:
+    """True when `request` carries both Content-Length and Transfer-Encoding.
+
+    h11 lets Transfer-Encoding win, as RFC 9112 allows; a server in front that honours
+    Content-Length instead would see a different request, so authd refuses both at once.
+    """
+    names = {name for name, _ in request.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+class _AmbiguousFraming(Exception):
+    """The request gives both Content-Length and Transfer-Encoding."""
+
+    error_status_hint = 400
+
+
 class _BodyTooLarge(Exception):
     """The request body is over `Limits.max_body_bytes`."""
 
@@ -611,6 +658,13 @@ class _DateHeader:
 
 
 _date = _DateHeader()
+
+
+async def _abort(tcp: trio.SocketStream) -> None:
+    """Close a connection that will not be served."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await tcp.aclose()
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, int] | None:

@@ -11,12 +11,17 @@ kubernetes/kubernetes#112677):
 - `cp`, `kubectl cp` or a shell redirect truncate and write in place, in several steps;
 - a file is deleted and created again, or its directory does not exist yet.
 
-So an event only says "look again". Each change goes: debounce (no event for `debounce`
-seconds), read until stable (no event, size or mtime change while reading), hash (the same
-bytes as last time are a no-op), then the target parses and validates the bytes in a worker
-thread and swaps one reference in the trio thread. A file that keeps its content changes
-nothing; a periodic re-read (`resync`) catches events the kernel never sent (network file
-systems, a full inotify queue).
+So an event only says "look again", and only an event on a name that resolving the watched path
+goes through (the file's own name, the `..data` link and the directory it points to, an ancestor
+that does not exist yet) says it: watchdog's thread drops every other event before it reaches
+trio, so a log appended to beside the config costs the event loop nothing.
+
+Each change goes: debounce (no event for `debounce` seconds), look at the directories, read until
+stable (no event, size or mtime change while reading) and hash (the same bytes as last time are a
+no-op), all three in a worker thread, never on the event loop; then the target parses and
+validates the bytes in a worker thread and swaps one reference in the trio thread. A file that
+keeps its content changes nothing; a periodic re-read (`resync`) catches events the kernel never
+sent (network file systems, a full inotify queue).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
@@ -39,7 +45,6 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -54,8 +59,11 @@ log = structlog.get_logger("authd.server.reload")
 
 T = TypeVar("T")
 
-# Opens and reads without writing (our own reads among them) never change content, so the
-# kernel is not asked to report them.
+# What the kernel is asked to report for a watched directory's entries. Opens and reads without
+# writing (our own reads among them) never change content. Nor are single writes reported: a file
+# written in place is seen when its writer closes it (FileClosedEvent), so a log appended to beside
+# the config, one write per line, costs nothing (inotify cannot report one entry's writes only; a
+# writer that never closes is caught by the periodic re-read).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     DirCreatedEvent,
@@ -63,7 +71,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirDeletedEvent,
     FileMovedEvent,
     DirMovedEvent,
-    FileModifiedEvent,
     FileClosedEvent,
 ]
 
@@ -167,9 +174,11 @@ class Subscription:
         self.on_watch_error = on_watch_error
         self._event = trio.Event()
         self._rung = trio.Event()
-        # The directories scheduled for this path: dir -> True when it is the parent (any
-        # change there counts), False when it is an ancestor waiting for the parent to appear.
+        # The directories scheduled for this path: dir -> True when it is the parent, False
+        # when it is an ancestor waiting for the parent to appear.
         self.dirs: dict[str, bool] = {}
+        # dir -> the entry names there whose events may change this file (see `Plan`).
+        self.names: dict[str, frozenset[str]] = {}
 
     def ring(self, *, event: bool) -> None:
         """Note a change (or a manual trigger when `event` is False) and wake the reloader."""
@@ -186,11 +195,11 @@ class Subscription:
             await self._rung.wait()
 
     def concerns(self, directory: str, path: str) -> bool:
-        """True when an event on `path` in watched `directory` may change this file."""
-        if self.dirs.get(directory, False) or path == directory:
+        """True when an event on `path` in watched `directory` may change this file: the
+        directory itself, or an entry that resolving the watched path goes through."""
+        if path == directory:
             return True
-        # An ancestor watch: only the next component of our own path matters.
-        return self.path == path or self.path.startswith(path.rstrip(os.sep) + os.sep)
+        return os.path.basename(path) in self.names.get(directory, ())
 
     async def wait(self) -> None:
         """Wait until rung (returns at once if rung since the last `clear`)."""
@@ -199,6 +208,19 @@ class Subscription:
     def clear(self) -> None:
         """Forget rings so far (the next `wait` blocks until a new one)."""
         self._event = trio.Event()
+
+    def plan(self) -> Plan:
+        """What to watch now, from the file system (blocking: call it in a worker thread)."""
+        wanted = self.wanted_dirs()
+        visited = resolution_paths(self.path)
+        names = {
+            directory: frozenset(
+                os.path.basename(path) for path in visited if os.path.dirname(path) == directory
+            )
+            for directory in wanted
+        }
+        inodes = {directory: _inode(directory) for directory in wanted}
+        return Plan(wanted=wanted, names=names, inodes=inodes)
 
     def wanted_dirs(self) -> dict[str, bool]:
         """The directories to watch now: the parent (or its nearest existing ancestor), plus
@@ -213,6 +235,61 @@ class Subscription:
         if os.path.isdir(real_parent) and not _is_within(real_parent, parent):
             wanted[real_parent] = True
         return wanted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """One look at the file system for a subscription, taken in a worker thread.
+
+    Attributes:
+        wanted: the directories to watch (True: the parent or a symlink target's directory).
+        names: per wanted directory, the entries whose events may change the file: every path
+            that resolving the watched path looks up there (its own name, symlinks such as
+            `..data`, the directories they point to, the next missing ancestor).
+        inodes: (device, inode) of each wanted directory, to notice one replaced.
+    """
+
+    wanted: dict[str, bool]
+    names: dict[str, frozenset[str]]
+    inodes: dict[str, tuple[int, int]]
+
+
+MAX_SYMLINKS = 40  # as the kernel's limit
+
+
+def resolution_paths(path: str) -> set[str]:
+    """Every absolute path looked up while resolving `path`, symlinks followed.
+
+    For a ConfigMap volume's `/cm/config.yaml -> ..data/config.yaml` with
+    `..data -> ..2024_01_01`, that is `/cm`, `/cm/config.yaml`, `/cm/..data`,
+    `/cm/..2024_01_01` and `/cm/..2024_01_01/config.yaml`. Components that do not exist end
+    nothing: the path is followed as written.
+    """
+    visited: set[str] = set()
+    parts = [part for part in reversed(os.path.abspath(path).split(os.sep)) if part]
+    current = os.sep
+    hops = 0
+    while parts:
+        part = parts.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        visited.add(candidate)
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a link, or not there
+            current = candidate
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            break
+        if os.path.isabs(target):
+            current = os.sep
+        parts.extend(part for part in reversed(target.split(os.sep)) if part)
+    return visited
 
 
 def _is_within(path: str, directory: str) -> bool:
@@ -237,12 +314,25 @@ class _Bridge(FileSystemEventHandler):
         self._token = token
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        """Forward one event; after trio has finished there is no one left to tell."""
+        """Forward one event that concerns a watched file; drop the rest here, in watchdog's
+        thread, before they cost the event loop anything. After trio has finished there is no
+        one left to tell."""
         paths = [os.fsdecode(event.src_path)]
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
+        interest = self._watcher.interest  # one immutable snapshot, swapped by the trio thread
+        if not any(_wanted(interest, path) for path in paths):
+            return
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._watcher.dispatch, paths, trio_token=self._token)
+
+
+def _wanted(interest: Mapping[str, frozenset[str]], path: str) -> bool:
+    """True when an event on `path` may concern a watched file (see `DirectoryWatcher.interest`)."""
+    if path in interest:
+        return True  # a watched directory itself
+    names = interest.get(os.path.dirname(path))
+    return names is not None and os.path.basename(path) in names
 
 
 class DirectoryWatcher:
@@ -256,6 +346,9 @@ class DirectoryWatcher:
         self._handler = _Bridge(self, token)
         self._scheduled: dict[str, _Scheduled] = {}
         self._subscriptions: set[Subscription] = set()
+        # Watched directory -> entry names whose events matter to some subscriber. Replaced
+        # whole (never mutated) by the trio thread and read by watchdog's thread.
+        self.interest: Mapping[str, frozenset[str]] = MappingProxyType({})
 
     @property
     def directories(self) -> tuple[str, ...]:
@@ -277,25 +370,39 @@ class DirectoryWatcher:
         for directory in list(sub.dirs):
             self._release(sub, directory)
         sub.dirs.clear()
+        sub.names.clear()
+        self._update_interest()
 
     def refresh(self, sub: Subscription) -> None:
         """Re-arm `sub`'s watches for the directories that exist now.
 
         A watch whose directory was deleted (or replaced by a new one under the same name)
         is dropped and made again; a directory that cannot be watched is reported through
-        `on_watch_error` and left to the periodic re-read.
+        `on_watch_error` and left to the periodic re-read. This looks at the file system in
+        the calling thread: at start only; reloads use `refresh_off_loop`.
         """
         for _ in range(8):  # a directory created while arming changes what is wanted
-            wanted = sub.wanted_dirs()
-            self._arm(sub, wanted)
-            if sub.wanted_dirs() == wanted:
+            plan = sub.plan()
+            self._arm(sub, plan)
+            if sub.wanted_dirs() == plan.wanted:
                 return
 
-    def _arm(self, sub: Subscription, wanted: dict[str, bool]) -> None:
-        """Make `sub`'s scheduled directories exactly `wanted`."""
+    async def refresh_off_loop(self, sub: Subscription) -> None:
+        """`refresh`, with every look at the file system in a worker thread."""
+        plan = await trio.to_thread.run_sync(sub.plan)
+        for _ in range(8):
+            self._arm(sub, plan)
+            again = await trio.to_thread.run_sync(sub.plan)
+            if again == plan:
+                return
+            plan = again
+
+    def _arm(self, sub: Subscription, plan: Plan) -> None:
+        """Make `sub`'s scheduled directories exactly `plan.wanted`, and its names the plan's."""
+        wanted = plan.wanted
         for directory in list(sub.dirs):
             scheduled = self._scheduled.get(directory)
-            stale = scheduled is None or _inode(directory) != scheduled.inode
+            stale = scheduled is None or plan.inodes.get(directory, (0, 0)) != scheduled.inode
             if directory not in wanted or stale:
                 self._release(sub, directory)
                 del sub.dirs[directory]
@@ -304,7 +411,7 @@ class DirectoryWatcher:
                 sub.dirs[directory] = is_parent
                 continue
             try:
-                self._acquire(sub, directory)
+                self._acquire(sub, directory, plan.inodes.get(directory, (0, 0)))
             except OSError as exc:
                 problem = f"cannot watch {directory}: {exc.strerror or exc}"
                 log.error("watch failed; falling back to periodic re-reads", error=problem)
@@ -312,6 +419,19 @@ class DirectoryWatcher:
                     sub.on_watch_error(problem)
                 continue
             sub.dirs[directory] = is_parent
+        sub.names = {directory: plan.names.get(directory, frozenset()) for directory in sub.dirs}
+        self._update_interest()
+
+    def _update_interest(self) -> None:
+        """Recompute the names watchdog's thread lets through, and swap them in whole."""
+        interest: dict[str, set[str]] = {}
+        for directory, scheduled in self._scheduled.items():
+            names = interest.setdefault(directory, set())
+            for sub in scheduled.subscribers:
+                names |= sub.names.get(directory, frozenset())
+        self.interest = MappingProxyType(
+            {directory: frozenset(names) for directory, names in interest.items()}
+        )
 
     def dispatch(self, paths: list[str]) -> None:
         """Ring every subscription that an event on `paths` concerns (trio thread)."""
@@ -325,10 +445,9 @@ class DirectoryWatcher:
                     if sub.concerns(candidate, path):
                         sub.ring(event=True)
 
-    def _acquire(self, sub: Subscription, directory: str) -> None:
+    def _acquire(self, sub: Subscription, directory: str, inode: tuple[int, int]) -> None:
         """Add `sub` to `directory`'s listeners, scheduling the watch if it is the first."""
         scheduled = self._scheduled.get(directory)
-        inode = _inode(directory)
         if scheduled is not None and scheduled.inode != inode:
             self._drop(directory)
             scheduled = None
@@ -469,7 +588,7 @@ class FileReloader(Generic[T]):
                     await sub.wait()
                 if quiet.cancelled_caught:
                     break
-            watcher.refresh(sub)  # a directory may have appeared or been replaced
+            await watcher.refresh_off_loop(sub)  # a directory may have appeared or been replaced
             generation = sub.generation
             read = await trio.to_thread.run_sync(read_file, self.path)
             if sub.generation != generation or not read.stable:

@@ -5,14 +5,22 @@ they are used as they are, whoever made them (kops' nodeup writes a CA-signed pa
 PKCS#8); a pair that does not load is an error, never a reason to overwrite it. When either is
 missing, a new self-signed RSA 2048 pair valid for 100 years is written. authd also puts
 `localhost`, `127.0.0.1` and `::1` in every new certificate, so local health checks can verify it.
+
+A new state dir is made 0700 and a new key 0600. An existing key that others can read, or that
+someone other than authd's user (or root) can change, and a state dir that others can write
+into, are still used (kops and tarmak write these files before authd starts) but named in a
+warning that says how to fix them, and counted in `/metrics` (docs/server.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
+import os
 import secrets
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +37,9 @@ from authd.files import write_atomic
 __all__ = [
     "CERT_FILE",
     "KEY_FILE",
+    "LOOSE_FILES",
     "KeyPair",
+    "check_permissions",
     "generate_self_signed",
     "load_or_create_keypair",
     "server_ssl_context",
@@ -43,6 +53,8 @@ LIFETIME = datetime.timedelta(hours=876000)
 KEY_MODE = 0o600
 CERT_MODE = 0o644
 STATE_DIR_MODE = 0o700
+# What `KeyPair.loose` may name (the label values of authd_state_files_loose).
+LOOSE_FILES = ("key", "state_dir")
 
 _log = structlog.get_logger("authd.server.tls")
 
@@ -54,7 +66,8 @@ class KeyPair:
     """A certificate and its private key, as PEM bytes and the files they were read from.
 
     `cert_pem` is the whole certificate file (a chain when nodeup wrote one); `generated` says
-    whether this start created the pair.
+    whether this start created the pair; `loose` names (from LOOSE_FILES) what others may read
+    or change.
     """
 
     cert_pem: bytes
@@ -62,6 +75,7 @@ class KeyPair:
     cert_path: Path
     key_path: Path
     generated: bool = False
+    loose: tuple[str, ...] = ()
 
 
 def load_or_create_keypair(
@@ -92,7 +106,7 @@ def load_or_create_keypair(
     if cert_path.exists() and key_path.exists():
         pair = _load_existing(cert_path, key_path)
         _log.info("loaded existing keypair", certPath=str(cert_path), keyPath=str(key_path))
-        return pair
+        return dataclasses.replace(pair, loose=check_permissions(directory, key_path))
     _log.info("Creating certificate with address", address=address, hostname=hostname)
     cert_pem, key_pem = generate_self_signed(address=address, hostname=hostname, now=now)
     _log.info("generated a new private key and certificate")
@@ -178,17 +192,70 @@ def subject_alt_names(*, address: str, hostname: str) -> x509.SubjectAlternative
     return x509.SubjectAlternativeName(names)
 
 
-def server_ssl_context(pair: KeyPair) -> ssl.SSLContext:
-    """A server-side TLS context for `pair`: TLS 1.2 or later, ALPN `http/1.1` only.
+def check_permissions(directory: Path, key_path: Path) -> tuple[str, ...]:
+    """Name (from LOOSE_FILES) what others may read or change, with a warning for each.
+
+    The key is loose when its group or others may read or write it, or when it belongs to
+    someone other than this process's user or root; the state dir when its group or others
+    may write into it (they could swap the key) or it belongs to someone else.
+    """
+    loose: list[str] = []
+    key = _stat(key_path)
+    if key is not None and (key.st_mode & 0o066 or _foreign(key)):
+        loose.append("key")
+        _log.warning(
+            "TLS key can be read or changed by others; "
+            f"fix with: chown {os.geteuid()} {key_path} && chmod 600 {key_path}",
+            keyPath=str(key_path),
+            mode=f"{stat.S_IMODE(key.st_mode):04o}",
+            owner=key.st_uid,
+        )
+    state = _stat(directory)
+    if state is not None and (state.st_mode & 0o022 or _foreign(state)):
+        loose.append("state_dir")
+        _log.warning(
+            "state dir can be written by others, who could replace the TLS key; "
+            f"fix with: chown {os.geteuid()} {directory} && chmod 700 {directory}",
+            stateDir=str(directory),
+            mode=f"{stat.S_IMODE(state.st_mode):04o}",
+            owner=state.st_uid,
+        )
+    return tuple(loose)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """`path`'s status, or None when it cannot be read (loading it reports that)."""
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _foreign(info: os.stat_result) -> bool:
+    """True when a file belongs to neither this process's user nor root."""
+    return info.st_uid not in (os.geteuid(), 0)
+
+
+def server_ssl_context(pair: KeyPair, *, client_ca_file: str = "") -> ssl.SSLContext:
+    """A server-side TLS context for `pair`: TLS 1.2 or later, ALPN `http/1.1` only, no
+    renegotiation.
 
     authd speaks HTTP/1.1 only; kube-apiserver's webhook client falls back to it when no `h2`
-    is offered.
+    is offered. Renegotiation (TLS 1.2) is refused: a client could use it to make the server
+    redo handshakes on one connection, and nothing legitimate needs it.
+
+    Args:
+        pair: the certificate and key to serve.
+        client_ca_file: when given, every client must present a certificate signed by a CA in
+            this PEM file (kube-apiserver's webhook kubeconfig can carry one); others fail the
+            handshake.
 
     Raises:
         ConfigError: the files cannot be loaded by OpenSSL.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
     try:
         context.load_cert_chain(pair.cert_path, pair.key_path)
@@ -196,6 +263,12 @@ def server_ssl_context(pair: KeyPair) -> ssl.SSLContext:
         raise ConfigError(
             f"could not load/generate a certificate: {pair.cert_path}, {pair.key_path}: {exc}"
         ) from exc
+    if client_ca_file:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--client-ca-file {client_ca_file}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
