@@ -26,6 +26,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 from authd.errors import ConfigError, TokenFormatError
 from authd.gotext import go_quote as _quote
+from authd.regions import KNOWN_REGIONS
 
 PREFIX = "k8s-aws-v1."
 """What every token starts with; the client, the verifier and log redaction all use this one."""
@@ -103,56 +104,6 @@ PARTITIONS: tuple[str, ...] = tuple(_PARTITIONS)
 """The partition names, in the SDK's order; `authd.arn` takes its list from here."""
 # The SDK's region lists add only these names to what the patterns above already match.
 _LISTED_REGIONS = {f"{name}-global": name for name in _PARTITIONS if name != "aws-eusc"}
-# The regions with an STS endpoint, per partition, from botocore's endpoints.json (1.44). Only
-# these (and regions the operator adds with `--extra-sts-region`) may name an STS host: a pattern
-# alone let `sts.<anything>.amazonaws.com` through, and `sts.s3.amazonaws.com` is S3's host.
-KNOWN_REGIONS: dict[str, frozenset[str]] = {
-    "aws": frozenset(
-        {
-            "af-south-1",
-            "ap-east-1",
-            "ap-east-2",
-            "ap-northeast-1",
-            "ap-northeast-2",
-            "ap-northeast-3",
-            "ap-south-1",
-            "ap-south-2",
-            "ap-southeast-1",
-            "ap-southeast-2",
-            "ap-southeast-3",
-            "ap-southeast-4",
-            "ap-southeast-5",
-            "ap-southeast-6",
-            "ap-southeast-7",
-            "ca-central-1",
-            "ca-west-1",
-            "eu-central-1",
-            "eu-central-2",
-            "eu-north-1",
-            "eu-south-1",
-            "eu-south-2",
-            "eu-west-1",
-            "eu-west-2",
-            "eu-west-3",
-            "il-central-1",
-            "me-central-1",
-            "me-south-1",
-            "mx-central-1",
-            "sa-east-1",
-            "us-east-1",
-            "us-east-2",
-            "us-west-1",
-            "us-west-2",
-        }
-    ),
-    "aws-cn": frozenset({"cn-north-1", "cn-northwest-1"}),
-    "aws-us-gov": frozenset({"us-gov-east-1", "us-gov-west-1"}),
-    "aws-iso": frozenset({"us-iso-east-1", "us-iso-west-1"}),
-    "aws-iso-b": frozenset({"us-isob-east-1", "us-isob-west-1"}),
-    "aws-iso-e": frozenset({"eu-isoe-west-1"}),
-    "aws-iso-f": frozenset({"us-isof-east-1", "us-isof-south-1"}),
-    "aws-eusc": frozenset({"eusc-de-east-1"}),
-}
 """Regions whose STS hosts a token may name, by partition; `global` is `sts.amazonaws.com`."""
 _MAX_DNS_LABEL = 63
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from authd.metrics import BACKENDS, Metrics
 from authd.outcomes import BY_REASON
-from authd.token import KNOWN_REGIONS
+from authd.regions import KNOWN_REGIONS
 from bench import report
 from bench.server import (
     THREADS,
