@@ -31,12 +31,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,7 +52,7 @@ from authd.metrics import Metrics
 from authd.server.kube.connection import Connection, open_client
 from authd.server.kubebackends import ConfigMapBackend, CrdBackend
 from bench import report
-from bench.reload import LogWatch, free_port
+from bench.reload import LogWatch, free_port, sts_stand_in
 from tests.fakes.apiserver import ADMIN_TOKEN, FakeApiServer
 
 SECTION = "kube"
@@ -158,20 +157,6 @@ class _Sts(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-@contextlib.contextmanager
-def sts_stand_in() -> Iterator[int]:
-    """The loopback STS stand-in on a free port, for the duration of the block."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sts)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @dataclass
 class ApplyLatency:
     """Seconds from the write to the first review answering with it, per kind of write."""
@@ -211,7 +196,7 @@ def apply_latency(work: Path, trials: int) -> ApplyLatency:
     """Run the daemon against the fake and time `trials` writes of each kind to a review."""
     result = ApplyLatency()
     kubectl = shutil.which("kubectl")
-    with FakeApiServer() as api, sts_stand_in() as sts_port:
+    with FakeApiServer() as api, sts_stand_in(_Sts) as sts_port:
         api.put_object(aws_auth("u0"))
         api.put_object(identity_mapping("bench", CALLERS[CRD_KEY], "c0", status=True))
         kubeconfig = api.write_kubeconfig(work / "kubeconfig")

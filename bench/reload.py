@@ -332,9 +332,12 @@ class _Sts(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def sts_stand_in() -> Iterator[int]:
-    """A loopback STS stand-in on a free port, for the duration of the block."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sts)
+def sts_stand_in(handler: type[BaseHTTPRequestHandler] | None = None) -> Iterator[int]:
+    """A loopback STS stand-in on a free port, for the duration of the block.
+
+    `handler` answers the GETs; the default names the bench user for every token.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler or _Sts)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
