@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from authd.config import ServerSettings
     from authd.server.proxies import Proxies
 
-FLAGS: dict[str, object] = {"partition": None, "extra_sts_endpoints": None}
+FLAGS: dict[str, object] = {
+    "partition": None,
+    "extra_sts_endpoints": None,
+    "backend_mode": None,
+    "dynamicfile_path": None,
+}
 
 
 def add_parser(
@@ -26,6 +31,14 @@ def add_parser(
     p.add_argument("-o", "--output", default=None, help="json for indented JSON")
     p.add_argument("--partition", default=None, help="aws, aws-cn, aws-us-gov, ...")
     p.add_argument(
+        "--backend-mode",
+        dest="backend_mode",
+        action="append",
+        default=None,
+        help="the backends, in order, as the server takes them",
+    )
+    p.add_argument("--dynamicfile-path", dest="dynamicfile_path", default=None)
+    p.add_argument(
         "--extra-sts-endpoint",
         dest="extra_sts_endpoints",
         action="append",
@@ -36,7 +49,11 @@ def add_parser(
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """Verify the token; with `--config`, also run the mapping and print its decision."""
+    """Verify the token; with `--config`, also run the configured chain and print its decision.
+
+    The chain is `--backend-mode`'s (file-based backends; the Kubernetes ones are listed under
+    `Skipped`), built as `authd explain` builds it.
+    """
     import trio
 
     from authd.cli.server import load_settings
@@ -63,18 +80,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 async def _verify(
     settings: ServerSettings, token: str, region: str, proxies: Proxies
 ) -> dict[str, Any]:
-    from authd import token as tokens
-    from authd.mapping.chain import Backend, MapperChain
-    from authd.mapping.file import MountedFileTable
-    from authd.server.authenticator import utc_now
-    from authd.server.sts.client import open_sts_client
+    from authd.cli.explain import offline_chain, verify_token
 
-    policy = tokens.EndpointPolicy.create(
-        partition=settings.partition, region=region, extra_origins=settings.extra_sts_endpoints
-    )
-    request = tokens.verify(token, now=utc_now(), policy=policy)
-    async with open_sts_client(step_timeout=settings.sts_timeout, proxies=proxies) as sts:
-        identity = await sts.get_caller_identity(request, cluster_id=settings.cluster_id)
+    identity = await verify_token(settings, token, region, proxies)
     report: dict[str, Any] = {
         "ARN": identity.arn,
         "CanonicalARN": identity.canonical_arn,
@@ -85,13 +93,10 @@ async def _verify(
         "STSEndpoint": identity.sts_endpoint,
     }
     if settings.config_path:
-        sso = settings.feature_gates.sso_role_match
-        table = MountedFileTable.from_config(settings.mapping, sso_role_match=sso)
-        prefixes = settings.mapping.reserved_prefixes_for("MountedFile")
-        backend = Backend("MountedFile", table, reserved_prefixes=prefixes)
-        chain = MapperChain([backend], scrubbed_accounts=settings.scrubbed_accounts)
+        # The whole configured chain, as `authd explain` and the daemon run it.
+        offline = offline_chain(settings)
         try:
-            result = await chain.map(identity)
+            result = await offline.chain.map(identity)
         except AuthdError as exc:
             report["Mapping"] = {"Allowed": False, "Reason": exc.reason, "Error": str(exc)}
         else:
@@ -101,4 +106,6 @@ async def _verify(
                 "Username": result.user.username,
                 "Groups": list(result.user.groups),
             }
+        if offline.skipped:
+            report["Mapping"]["Skipped"] = list(offline.skipped)
     return report

@@ -11,20 +11,35 @@ from authd.gotext import parse_bool
 _GATES = {
     "ConfiguredInitDirectories": "configured_init_directories",
     "IAMIdentityMappingCRD": "iam_identity_mapping_crd",
+    "RolePathMatch": "role_path_match",
     "SSORoleMatch": "sso_role_match",
 }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeatureGates:
-    """Upstream's feature gates; all Alpha, all off by default.
+    """Upstream's feature gates plus authd's own `RolePathMatch`; all Alpha, all off by default.
 
-    See mapping 10 in docs/upstream-compat.md.
+    See mapping 10 in docs/upstream-compat.md. `RolePathMatch` (authd's): a MountedFile role entry
+    whose ARN has a path also matches the sessions of that role, whose assumed-role ARN never
+    carries the path (docs/troubleshooting.md, `role_path`).
     """
 
     configured_init_directories: bool = False
     iam_identity_mapping_crd: bool = False
+    role_path_match: bool = False
     sso_role_match: bool = False
+
+    def enabled(self, name: str) -> bool:
+        """True when the gate spelled `name` (`RolePathMatch`, `SSORoleMatch`, ...) is on.
+
+        Raises:
+            ConfigError: `unrecognized feature gate: X`.
+        """
+        attr = _GATES.get(name)
+        if attr is None:
+            raise ConfigError(f"unrecognized feature gate: {name}")
+        return bool(getattr(self, attr))
 
     @classmethod
     def parse(cls, text: str) -> FeatureGates:

@@ -4,7 +4,9 @@ See mapping 2 in docs/upstream-compat.md.
 
 Lookups are dictionary hits on the lower-cased canonical ARN: roles first, then SSO
 permission-set patterns (only with the `SSORoleMatch` gate), then users. Duplicate ARNs: the
-last entry wins, as upstream's map assignment does.
+last entry wins, as upstream's map assignment does. With authd's `RolePathMatch` gate a role
+entry with a path is also indexed under its ARN without the path, which is the only form a
+role session's canonical ARN takes (docs/troubleshooting.md, `role_path`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from authd.arn import strip_path
 from authd.config import MappingConfig
 from authd.identity import Identity
 from authd.mapping import Entry
@@ -37,18 +40,27 @@ class MountedFileTable:
     sso: Mapping[str, tuple[tuple[str, Entry], ...]]
     users: Mapping[str, Entry]
     accounts: frozenset[str]
+    aliases: int = 0  # role keys added by `role_path_match`, not counted as mappings
 
     @classmethod
     def from_config(
-        cls, config: MappingConfig, *, sso_role_match: bool = False
+        cls, config: MappingConfig, *, sso_role_match: bool = False, role_path_match: bool = False
     ) -> MountedFileTable:
-        """Index validated mappings; SSO entries are kept only when `sso_role_match` is on."""
+        """Index validated mappings; SSO entries are kept only when `sso_role_match` is on.
+
+        With `role_path_match` a role ARN with a path is indexed twice: as written, and without
+        its path (in file order with the other entries, so a later entry still wins).
+        """
         roles: dict[str, Entry] = {}
         sso: dict[str, dict[str, Entry]] = {}
+        written: set[str] = set()
         for role in config.map_roles:
             entry = Entry(username=role.username, groups=role.groups)
             if role.rolearn:
                 roles[role.rolearn.lower()] = entry
+                written.add(role.rolearn.lower())
+                if role_path_match:
+                    roles[strip_path(role.rolearn).lower()] = entry
             elif role.sso is not None and sso_role_match:
                 prefix = role.sso.arn_prefix()
                 head, _, resource = prefix.rpartition(":")
@@ -59,6 +71,7 @@ class MountedFileTable:
             sso=MappingProxyType({k: tuple(v.items()) for k, v in sso.items()}),
             users=MappingProxyType(users),
             accounts=frozenset(config.map_accounts),
+            aliases=len(roles.keys() - written),
         )
 
     def lookup(self, identity: Identity) -> Entry | None:
@@ -83,4 +96,4 @@ class MountedFileTable:
     def __len__(self) -> int:
         """Mappings in the snapshot: roles, SSO patterns, users and allowed accounts."""
         sso = sum(len(patterns) for patterns in self.sso.values())
-        return len(self.roles) + sso + len(self.users) + len(self.accounts)
+        return len(self.roles) - self.aliases + sso + len(self.users) + len(self.accounts)

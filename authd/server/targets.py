@@ -85,7 +85,10 @@ class ConfigTarget:
         if mounted is None:
             return
         sso = self._settings.feature_gates.sso_role_match
-        table = MountedFileTable.from_config(self._mapping, sso_role_match=sso)
+        paths = self._settings.feature_gates.role_path_match
+        table = MountedFileTable.from_config(
+            self._mapping, sso_role_match=sso, role_path_match=paths
+        )
         mounted.publish(table)
         self._metrics.reload(CONFIG_SOURCE, ok=True)
         self._metrics.backend_loaded("MountedFile", mappings=len(table), at=time.time())
@@ -96,7 +99,8 @@ class ConfigTarget:
         file = FileConfig.from_bytes(data, path=settings.config_path)
         mapping = MappingConfig.from_file_config(file)
         sso = settings.feature_gates.sso_role_match
-        table = MountedFileTable.from_config(mapping, sso_role_match=sso)
+        paths = settings.feature_gates.role_path_match
+        table = MountedFileTable.from_config(mapping, sso_role_match=sso, role_path_match=paths)
         return ConfigVersion(file=file, mapping=mapping, table=table)
 
     def apply(self, parsed: ConfigVersion, change: Change) -> None:
