@@ -170,7 +170,8 @@ def _parse_role(val: Located, warnings: list[str]) -> RoleMapping:
     if resource.startswith("role/") and "/" in resource[len("role/") :]:
         warnings.append(
             f"{sec['rolearn'].where}: role ARN has a path; role identities carry no path, so "
-            "this entry never matches (use arn:<partition>:iam::<account>:role/<name>)"
+            "this entry never matches unless the RolePathMatch feature gate is on "
+            "(use arn:<partition>:iam::<account>:role/<name>, or turn the gate on)"
         )
     return RoleMapping(rolearn=canonical, username=entry.username, groups=entry.groups)
 
