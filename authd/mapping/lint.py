@@ -107,7 +107,7 @@ def read_documents(text: str, *, src: str) -> list[Located]:
     try:
         one = read_tree(text, src=src, warnings=[])
     except ConfigError as exc:
-        if "expected a single document" not in str(exc):
+        if "another document" not in str(exc):
             raise
     else:
         return [] if one is None else [one]
