@@ -31,6 +31,7 @@ from authd.mapping.lint import (
     MOUNTED_FILE,
     detect,
     read_documents,
+    spelled_key,
 )
 
 ACCOUNT = "account"
@@ -117,10 +118,12 @@ def effective(text: str, *, src: str) -> Effective:
         found.update({a: (ACCOUNT, Entry(username="")) for a in dynamic.accounts})
         return Effective(mappings=found, kind=kind, warnings=dynamic.warnings)
     if kind == CONFIGMAP:
-        manifest = plain(docs[0])
-        data = manifest.get("data") if isinstance(manifest, dict) else None
-        if data is not None and not isinstance(data, dict):
+        located = docs[0].value.get("data") if isinstance(docs[0].value, dict) else None
+        if located is not None and not isinstance(located.value, dict | None):
             raise ConfigError(f"{src}: data: expected a mapping", path=src, key="data")
+        # Data keys are exact in aws-auth (`mapusers` is ignored): keep their spelling.
+        children = located.value.values() if located is not None and located.value else ()
+        data = {spelled_key(child): plain(child) for child in children}
         version = parse_configmap(data, sso_role_match=True, source=src)
         warnings = (*version.warnings, *(str(e) for e in version.rejected))
         return Effective(mappings=_table(version.table), kind=kind, warnings=warnings)

@@ -187,7 +187,7 @@ def _text(val: Located) -> str | None:
     return None if isinstance(val.value, list | dict) else as_str(val)
 
 
-def _last_key(val: Located) -> str:
+def spelled_key(val: Located) -> str:
     """The key as spelled in the file (the last step of the value's key path)."""
     return re.split(r"[.\]]", val.key)[-1]
 
@@ -224,7 +224,7 @@ class _Linter:
             key = f"{base}.{val.key}"
         line = (val.line or 1) + offset
         if isinstance(val.value, list | dict) and val.key and not val.key.endswith("]"):
-            line = self.key_line(line, _last_key(val))
+            line = self.key_line(line, spelled_key(val))
         self.findings.append(_finding(self.src, line, key, rule, message, severity=severity))
 
     def key_line(self, line: int, spelled: str) -> int:
@@ -278,7 +278,7 @@ class _Linter:
         assert isinstance(val.value, dict)
         names = set(known) if exact else {k.lower() for k in known}
         for child in val.value.values():
-            spelled = _last_key(child)
+            spelled = spelled_key(child)
             if (spelled if exact else spelled.lower()) not in names:
                 self.add(
                     child,
@@ -489,7 +489,7 @@ class _Linter:
         self.unknown_keys(data, _DATA_KEYS, base="", offset=0, exact=True)
         for key in _DATA_KEYS:
             val = data.value.get(key.lower())
-            if val is None or _last_key(val) != key or isinstance(val.value, list | dict):
+            if val is None or spelled_key(val) != key or isinstance(val.value, list | dict):
                 continue
             text = as_str(val)
             if text.strip() in ("", "``", '""', "''"):
