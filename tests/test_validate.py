@@ -200,7 +200,7 @@ def test_a_clean_file_exits_0_and_warnings_exit_1_only_with_strict(
     assert out.splitlines() == [
         f"{warned}:2: warning: map_accounts: server.mapAccounts: mapAccounts admits every "
         "identity of the listed accounts",
-        "2 files: 0 errors, 1 warnings",
+        "2 files: 0 errors, 1 warning",
     ]
 
 

@@ -56,6 +56,11 @@ def read_text(path: str) -> str:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})", path=path) from exc
 
 
+def _count(number: int, noun: str) -> str:
+    """`1 error`, `2 errors`."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Lint every file, print the findings sorted by file then line, and pick the exit code."""
     del env
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         for finding in findings:
             print(finding.text())
-        files = len(args.files)
-        print(f"{files} file{'s' * (files != 1)}: {errors} errors, {warnings} warnings")
+        print(
+            f"{_count(len(args.files), 'file')}: {_count(errors, 'error')}, "
+            f"{_count(warnings, 'warning')}"
+        )
     return 1 if errors or (args.strict and warnings) else 0
