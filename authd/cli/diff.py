@@ -10,12 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from authd.cli.validate import read_text
 from authd.errors import ConfigError
-from authd.mapping import Entry
-from authd.mapping.diff import Effective, compare, effective
-from authd.mapping.lint import KindError
+
+if TYPE_CHECKING:
+    from authd.mapping import Entry
+    from authd.mapping.diff import Effective
 
 
 def add_parser(
@@ -35,6 +37,9 @@ def _read(path: str) -> Effective:
     Raises:
         ConfigError: the file cannot be read, is no mapping source, or is refused whole.
     """
+    from authd.mapping.diff import effective  # the parser stays light for `authd token`
+    from authd.mapping.lint import KindError
+
     try:
         source = effective(read_text(path), src=path)
     except KindError as exc:
@@ -53,6 +58,8 @@ def _show(entry: Entry | None) -> str:
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Compare OLD and NEW; print the changes; exit 0 when the same, 1 when they differ."""
+    from authd.mapping.diff import compare
+
     del env
     try:
         old, new = _read(args.old), _read(args.new)

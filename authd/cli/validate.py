@@ -11,10 +11,12 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from authd.config import FeatureGates
 from authd.errors import ConfigError
-from authd.mapping.lint import ERROR, WARNING, Finding, KindError, lint_text, sort_findings
+
+if TYPE_CHECKING:
+    from authd.mapping.lint import Finding
 
 
 def add_parser(
@@ -38,6 +40,8 @@ def role_path_match(feature_gates: str | None) -> bool:
     Raises:
         ConfigError: the flag does not parse.
     """
+    from authd.config import FeatureGates  # the parser stays light for `authd token`
+
     gates = FeatureGates.parse(feature_gates or "")
     return bool(getattr(gates, "role_path_match", False))
 
@@ -63,6 +67,8 @@ def _count(number: int, noun: str) -> str:
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Lint every file, print the findings sorted by file then line, and pick the exit code."""
+    from authd.mapping.lint import ERROR, WARNING, KindError, lint_text, sort_findings
+
     del env
     findings: list[Finding] = []
     try:
