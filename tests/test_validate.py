@@ -240,7 +240,12 @@ def test_unreadable_or_unknown_files_exit_2_with_one_line(
 
 
 def test_role_path_is_not_reported_when_role_path_match_is_on() -> None:
-    """With the RolePathMatch gate on, a role ARN with a path is no finding."""
+    """With the RolePathMatch gate on, a config-file role ARN with a path is no finding; the
+    gate does not reach aws-auth, so there it still is."""
     text = f"server:\n  mapRoles:\n  - rolearn: {ROLE}/team/Admin\n"
     assert [f.rule for f in lint_text(text, src="c.yaml")] == ["role_path"]
     assert lint_text(text, src="c.yaml", role_path_match=True) == []
+    aws_auth = f"kind: ConfigMap\ndata:\n  mapRoles: |\n    - rolearn: {ROLE}/team/Admin\n"
+    on = lint_text(aws_auth, src="a.yaml", role_path_match=True)
+    assert [(f.line, f.rule) for f in on] == [(4, "role_path")]
+    assert "RolePathMatch" not in on[0].message

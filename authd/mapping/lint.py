@@ -382,15 +382,16 @@ class _Linter:
         elif (
             ptype is PrincipalType.ROLE
             and "/" in resource.removeprefix("role/")
-            and not self.role_path_match
+            # The gate makes such an entry match in the config file (MountedFile) only.
+            and not (self.role_path_match and kind == MOUNTED_FILE)
         ):
             name = resource.rsplit("/", 1)[-1]
+            gate = ", or turn on the RolePathMatch feature gate" if kind == MOUNTED_FILE else ""
             self.add(
                 val,
                 "role_path",
                 "a role ARN with a path never matches: a caller's assumed-role ARN carries "
-                f"no path (write {text.split(':role/')[0]}:role/{name}, or turn on the "
-                "RolePathMatch feature gate)",
+                f"no path (write {text.split(':role/')[0]}:role/{name}{gate})",
                 base=base,
                 offset=offset,
             )
