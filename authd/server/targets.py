@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -21,6 +22,7 @@ from authd.errors import ConfigError
 from authd.mapping.chain import Backend
 from authd.mapping.dynamicfile import DynamicFileTable
 from authd.mapping.file import MountedFileTable
+from authd.mapping.lint import Finding, KindError, lint_text
 from authd.metrics import Metrics
 from authd.server.reload import Change
 
@@ -49,6 +51,33 @@ def report_rejected(
         metrics.backend_error(backend.name)
 
 
+def lint(data: bytes, *, path: str, settings: ServerSettings) -> tuple[Finding, ...]:
+    """The `authd validate` findings of one version of a mapping file (none if it is no text).
+
+    Only logged (`log_findings`): findings never refuse a version (docs/validate.md).
+    """
+    role_path_match = settings.feature_gates.role_path_match
+    try:
+        text = data.decode("utf-8")
+        return tuple(lint_text(text, src=path, role_path_match=role_path_match))
+    except (UnicodeDecodeError, KindError):
+        return ()
+
+
+def log_findings(findings: tuple[Finding, ...]) -> None:
+    """Log each finding with the rule code `authd validate` gives it."""
+    for finding in findings:
+        log.warning(
+            "mapping finding",
+            file=finding.file,
+            line=finding.line,
+            key=finding.key,
+            rule=finding.rule,
+            severity=finding.severity,
+            problem=finding.message,
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConfigVersion:
     """One parsed version of the `--config` file."""
@@ -56,6 +85,7 @@ class ConfigVersion:
     file: FileConfig
     mapping: MappingConfig
     table: MountedFileTable
+    findings: tuple[Finding, ...] = ()
 
 
 class ConfigTarget:
@@ -81,6 +111,7 @@ class ConfigTarget:
 
     def load_start(self) -> None:
         """Publish the mapping the settings were resolved with (the version read at start)."""
+        self._log_start_findings()
         mounted = self._mounted
         if mounted is None:
             return
@@ -93,6 +124,17 @@ class ConfigTarget:
         self._metrics.reload(CONFIG_SOURCE, ok=True)
         self._metrics.backend_loaded("MountedFile", mappings=len(table), at=time.time())
 
+    def _log_start_findings(self) -> None:
+        """Log the findings of the config file the daemon starts with."""
+        path = self._settings.config_path
+        if not path:
+            return
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return  # reading it is the settings' job, which already succeeded or failed
+        log_findings(lint(data, path=path, settings=self._settings))
+
     def parse(self, data: bytes) -> ConfigVersion:
         """Parse and validate (worker thread). Raises ConfigError with file, line and key."""
         settings = self._settings
@@ -101,7 +143,8 @@ class ConfigTarget:
         sso = settings.feature_gates.sso_role_match
         paths = settings.feature_gates.role_path_match
         table = MountedFileTable.from_config(mapping, sso_role_match=sso, role_path_match=paths)
-        return ConfigVersion(file=file, mapping=mapping, table=table)
+        findings = lint(data, path=settings.config_path, settings=settings)
+        return ConfigVersion(file=file, mapping=mapping, table=table, findings=findings)
 
     def apply(self, parsed: ConfigVersion, change: Change) -> None:
         """Swap MountedFile's table and all reserved prefixes in one step (no checkpoint)."""
@@ -117,6 +160,7 @@ class ConfigTarget:
                 return  # the version the daemon started with
         else:
             _warn_restart_only(self._baseline, baseline, change.path)
+        log_findings(parsed.findings)
         for warning in (*parsed.file.warnings, *parsed.mapping.warnings):
             log.warning("config warning", file=change.path, warning=warning)
         mounted = self._mounted
@@ -171,8 +215,12 @@ class DynamicTarget:
         self._loads = 0
 
     def parse(self, data: bytes) -> DynamicFileTable:
-        """Parse (worker thread); an ARN that does not parse rejects the whole version."""
+        """Parse (worker thread); an ARN that does not parse rejects the whole version.
+
+        The version's `authd validate` findings are logged first, whether or not it is refused.
+        """
         settings = self._settings
+        log_findings(lint(data, path=settings.dynamicfile_path, settings=settings))
         return DynamicFileTable.from_bytes(
             data,
             path=settings.dynamicfile_path,
