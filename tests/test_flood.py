@@ -204,7 +204,7 @@ def test_the_lanes_add_up_to_the_whole_allowance() -> None:
 # --- remembered denials -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ["SignatureDoesNotMatch", "ExpiredToken", "InvalidClientTokenId"])
+@pytest.mark.parametrize("code", ["SignatureDoesNotMatch", "ExpiredToken"])
 async def test_a_denied_token_replayed_costs_no_sts_call(
     autojump_clock: trio.testing.MockClock, code: str
 ) -> None:
@@ -253,6 +253,26 @@ async def test_an_unknown_access_key_is_refused_for_60_seconds(
     with pytest.raises(StsRejectedError, match="InvalidClientTokenId"):
         await review(guard, make_token(99, key="AKIANOSUCHKEY0000000"))
     assert sts.calls() == 2
+
+
+async def test_a_key_sts_did_not_know_yet_is_asked_about_again_after_60_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """IAM is eventually consistent: a new key's token refused with InvalidClientTokenId is
+    refused from memory for 60 s only, then asked about again and allowed once STS knows it."""
+    answers = [refusal("InvalidClientTokenId")]
+
+    async def learning_sts(request: httpx.Request) -> httpx.Response:
+        return answers.pop() if answers else httpx.Response(200, json=ALICE)
+
+    guard, _ = guard_over(httpx.MockTransport(learning_sts))
+    token = make_token(1, key=KNOWN)
+    with pytest.raises(StsRejectedError, match="InvalidClientTokenId"):
+        await review(guard, token)
+    with pytest.raises(StsRejectedError, match="does not exist"):
+        await review(guard, token)
+    await trio.sleep(60)
+    assert await review(guard, token) == "arn:aws:iam::123456789012:user/Alice"
 
 
 async def test_a_forged_session_token_does_not_lock_out_the_key(

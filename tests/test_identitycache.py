@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from authd.errors import StsUnavailableError
 from authd.identity import Identity
 from authd.server.sts.identitycache import (
     CachedIdentity,
@@ -225,3 +227,27 @@ def _run_in(scope: trio.CancelScope, flights: SingleFlight[str, str], call: obje
             await flights.run("k", call)  # type: ignore[arg-type]
 
     return run
+
+
+async def test_each_waiter_gets_its_own_copy_of_a_shared_failure() -> None:
+    """Waiters of a failed call get copies (same class, text, attributes) caused by the
+    leader's error, so 200 waiters do not grow one traceback by 400 frames."""
+    flight: SingleFlight[bytes, int] = SingleFlight()
+    errors: list[StsUnavailableError] = []
+
+    async def failing() -> int:
+        await trio.sleep(0.01)
+        raise StsUnavailableError("down", status=503)
+
+    async def wait_for_it() -> None:
+        try:
+            await flight.run(b"key", failing)
+        except StsUnavailableError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(200):
+            nursery.start_soon(wait_for_it)
+    assert len(errors) == 200
+    assert {(str(e), e.status) for e in errors} == {("sts getCallerIdentity failed: down", 503)}
+    assert max(len(traceback.extract_tb(e.__traceback__)) for e in errors) < 10

@@ -1,9 +1,11 @@
 """Remember STS' definitive denials, so a replayed fake token or an unknown key costs no STS call.
 
 - `DeniedTokens`: a token STS refused for a reason that cannot change while the token is valid
-  (`SignatureDoesNotMatch` under every cluster ID, `ExpiredToken`, `InvalidClientTokenId`) is
-  remembered by its cache key (`authd.server.sts.identitycache.token_key`, never the token)
-  until the token's own expiry.
+  (`SignatureDoesNotMatch` under every cluster ID, `ExpiredToken`) is remembered by its cache
+  key (`authd.server.sts.identitycache.token_key`, never the token) until the token's own
+  expiry. `InvalidClientTokenId` is not among them: IAM is eventually consistent, and a key
+  created seconds ago gets that code until STS learns it, so its token must be asked about
+  again once the 60 s below have passed (kubectl reuses a token for 14 minutes).
 - `DeniedCredentials`: a credential STS said does not exist (`InvalidClientTokenId`) is
   remembered for 60 s. The credential is the access key ID together with the session token, if
   any: a temporary key ID with a forged session token is refused with the same code, and keying
@@ -20,7 +22,7 @@ from datetime import datetime
 from authd.server.sts.identitycache import token_key
 
 UNKNOWN_CREDENTIAL = "InvalidClientTokenId"
-TOKEN_DENIALS = frozenset({"SignatureDoesNotMatch", "ExpiredToken", UNKNOWN_CREDENTIAL})
+TOKEN_DENIALS = frozenset({"SignatureDoesNotMatch", "ExpiredToken"})
 """STS error codes that refuse the token itself: no later request of it can be accepted."""
 CREDENTIAL_DENIED_FOR = 60.0
 """Seconds a credential STS does not know is refused without asking again."""

@@ -183,7 +183,8 @@ class SingleFlight(Generic[K, V]):
         """Return `call()`'s value, or raise its exception, sharing a running call for `key`.
 
         Raises:
-            Exception: whatever the shared call raised (the same exception for every waiter).
+            Exception: whatever the shared call raised: the leader gets the exception itself,
+                each waiter its own copy (same class, message and attributes) caused by it.
         """
         while (flight := self._flights.get(key)) is not None:
             if self._on_join is not None:
@@ -191,7 +192,7 @@ class SingleFlight(Generic[K, V]):
             await flight.done.wait()
             if flight.finished:
                 if flight.error is not None:
-                    raise flight.error
+                    raise _own_copy(flight.error) from flight.error
                 return flight.value  # type: ignore[return-value]  # set when finished w/o error
         return await self._lead(key, call)
 
@@ -210,3 +211,16 @@ class SingleFlight(Generic[K, V]):
             # Also on cancellation (finished stays False): the waiters wake and one leads anew.
             del self._flights[key]
             flight.done.set()
+
+
+def _own_copy(error: Exception) -> Exception:
+    """A copy of `error` for one waiter: same class, args and attributes, a traceback of its own.
+
+    Raising the one shared object in every waiter would append each waiter's frames to its
+    traceback: 2,000 waiters of one failed call left a 4,000-frame traceback, rendered again by
+    every log line that shows it. The constructor is not called (subclasses format their args).
+    """
+    fresh = type(error).__new__(type(error))
+    fresh.args = error.args
+    fresh.__dict__.update(error.__dict__)
+    return fresh
