@@ -273,7 +273,8 @@ def is_loopback(hostname: str) -> bool:
 class PresignedRequest:
     """A token that passed every local check: what to send to STS and what it claims.
 
-    `url` carries the signature, so it is left out of `repr` to keep it out of logs.
+    `url` carries the signature and `session_token` the caller's temporary credential, so both
+    are left out of `repr` to keep them out of logs.
     `expires_at` is `min(signed_at, now) + 15 minutes`: how long an answer about it may be kept.
     """
 
@@ -283,6 +284,7 @@ class PresignedRequest:
     access_key_id: str
     signed_at: datetime
     expires_at: datetime
+    session_token: str = field(default="", repr=False)
 
 
 def verify(token: str, *, now: datetime, policy: EndpointPolicy) -> PresignedRequest:
@@ -321,6 +323,7 @@ def verify(token: str, *, now: datetime, policy: EndpointPolicy) -> PresignedReq
         # X-Amz-Date is the caller's to choose: a date in the future must not keep an answer
         # cached for longer than a token signed now would be valid.
         expires_at=min(signed_at, now) + LIFETIME,
+        session_token=params.get("x-amz-security-token", ""),
     )
 
 

@@ -26,18 +26,14 @@ TOKEN_DENIALS = frozenset({"SignatureDoesNotMatch", "ExpiredToken"})
 """STS error codes that refuse the token itself: no later request of it can be accepted."""
 CREDENTIAL_DENIED_FOR = 60.0
 """Seconds a credential STS does not know is refused without asking again."""
-_SECURITY_TOKEN = "X-Amz-Security-Token="  # noqa: S105 (a parameter name, not a secret)
 
 
-def credential_key(access_key_id: str, url: str) -> bytes:
-    """The key of the credential that signed `url`: its access key ID and its session token."""
-    start = url.find(_SECURITY_TOKEN)
-    session = ""
-    if start >= 0:
-        start += len(_SECURITY_TOKEN)
-        end = url.find("&", start)
-        session = url[start:] if end < 0 else url[start:end]
-    return token_key(f"{access_key_id}\0{session}")
+def credential_key(access_key_id: str, session_token: str) -> bytes:
+    """The key of the credential that signed a request: its access key ID and session token.
+
+    Both come from `authd.token.verify`'s parsed query, the parameters STS itself reads.
+    """
+    return token_key(f"{access_key_id}\0{session_token}")
 
 
 class DeniedTokens:

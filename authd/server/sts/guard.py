@@ -218,7 +218,7 @@ class StsGuard:
             raise StsRejectedError(
                 f"STS refused this token before ({code}); remembered until it expires", code=code
             )
-        credential = credential_key(request.access_key_id, request.url)
+        credential = credential_key(request.access_key_id, request.session_token)
         if self.denied_credentials.denied(credential, now=trio.current_time()):
             self._metrics.sts_denial_hit("access_key")
             raise StsRejectedError(
@@ -233,7 +233,7 @@ class StsGuard:
         """Keep a definitive denial, and stop treating its access key as proven."""
         self.denied_tokens.put(key, code=exc.code, expires_at=request.expires_at)
         if exc.code == UNKNOWN_CREDENTIAL:
-            credential = credential_key(request.access_key_id, request.url)
+            credential = credential_key(request.access_key_id, request.session_token)
             self.denied_credentials.put(credential, now=trio.current_time())
         if exc.status is not None and 400 <= exc.status < 500:
             self.proven.forget(request.access_key_id)
