@@ -4,7 +4,9 @@ Each data key holds a YAML document in a string, in upstream's format (docs/kube
 data keys are exact (`mapusers` is ignored), entry keys ignore case (`rolearn`, `roleARN`), and
 ARNs are NOT canonicalised, as upstream: a role matches when its `rolearn`, lower-cased, equals
 the caller's canonical ARN lower-cased (an `assumed-role` ARN written here never matches; a
-warning says so). Lookups are those of the MountedFile table.
+warning says so). Lookups are those of the MountedFile table; with authd's `RolePathMatch`
+gate a role entry with a path also matches that role's sessions, as in the config file
+(docs/troubleshooting.md).
 
 Better than upstream, and documented there:
 
@@ -55,13 +57,19 @@ class ConfigMapVersion:
 
 
 def parse_configmap(
-    data: Mapping[str, object] | None, *, sso_role_match: bool = False, source: str = SOURCE
+    data: Mapping[str, object] | None,
+    *,
+    sso_role_match: bool = False,
+    role_path_match: bool = False,
+    source: str = SOURCE,
 ) -> ConfigMapVersion:
     """Parse the ConfigMap's `data` into a table; bad entries are left out and reported.
 
     Args:
         data: the object's `data` (None or missing keys: no mappings).
         sso_role_match: the `SSORoleMatch` feature gate.
+        role_path_match: authd's `RolePathMatch` gate: a role ARN with a path is also indexed
+            without it, so the role's sessions match.
         source: names the object in messages (`configmap/kube-system/aws-auth`).
 
     Raises:
@@ -83,7 +91,9 @@ def parse_configmap(
     config = MappingConfig(
         map_roles=tuple(roles), map_users=tuple(users), map_accounts=tuple(accounts)
     )
-    table = MountedFileTable.from_config(config, sso_role_match=sso_role_match)
+    table = MountedFileTable.from_config(
+        config, sso_role_match=sso_role_match, role_path_match=role_path_match
+    )
     return ConfigMapVersion(table=table, rejected=tuple(rejected), warnings=tuple(warnings))
 
 

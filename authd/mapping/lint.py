@@ -47,6 +47,8 @@ MOUNTED_FILE = "MountedFile"
 DYNAMIC_FILE = "DynamicFile"
 CONFIGMAP = "aws-auth"
 CRD = "IAMIdentityMapping"
+# The kinds whose backend honours the RolePathMatch gate.
+_GATED = (MOUNTED_FILE, CONFIGMAP, CRD)
 
 _ENTRY_KEYS = {
     "mapRoles": ("rolearn", "username", "groups", "userid", "sso"),
@@ -382,11 +384,11 @@ class _Linter:
         elif (
             ptype is PrincipalType.ROLE
             and "/" in resource.removeprefix("role/")
-            # The gate makes such an entry match in the config file (MountedFile) only.
-            and not (self.role_path_match and kind == MOUNTED_FILE)
+            # The gate makes such an entry match in every source but the DynamicFile.
+            and not (self.role_path_match and kind in _GATED)
         ):
             name = resource.rsplit("/", 1)[-1]
-            gate = ", or turn on the RolePathMatch feature gate" if kind == MOUNTED_FILE else ""
+            gate = ", or turn on the RolePathMatch feature gate" if kind in _GATED else ""
             self.add(
                 val,
                 "role_path",

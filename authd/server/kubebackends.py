@@ -225,6 +225,7 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
         client: KubeClient,
         metrics: Metrics,
         sso_role_match: bool = False,
+        role_path_match: bool = False,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(
@@ -236,6 +237,7 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
             backoff=backoff,
         )
         self._sso = sso_role_match
+        self._role_path = role_path_match
 
     def parse(self, objects: Objects) -> ConfigMapVersion:
         """Parse the aws-auth object's data (worker thread)."""
@@ -243,7 +245,7 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
         data = obj.get("data") if obj is not None else None
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError(f"{SOURCE}: data: expected a mapping", path=SOURCE, key="data")
-        return parse_configmap(data, sso_role_match=self._sso)
+        return parse_configmap(data, sso_role_match=self._sso, role_path_match=self._role_path)
 
     def accept(self, parsed: ConfigMapVersion, started: float | None) -> None:
         """Publish the table; log each rejected entry and warning."""
@@ -291,19 +293,21 @@ class CrdBackend(KubeBackend[CrdVersion]):
         backend: Backend,
         client: KubeClient,
         metrics: Metrics,
+        role_path_match: bool = False,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(
             backend=backend, client=client, metrics=metrics, path=CRD_PATH, backoff=backoff
         )
         self._backoff = backoff
+        self._role_path = role_path_match
         self._writes: dict[str, StatusWrite] = {}
         self._written: set[tuple[str, str]] = set()
         self._writes_due = trio.Event()
 
     def parse(self, objects: Objects) -> CrdVersion:
         """Index the objects by `status.canonicalARN` (worker thread)."""
-        return parse_mappings(objects)
+        return parse_mappings(objects, role_path_match=self._role_path)
 
     def accept(self, parsed: CrdVersion, started: float | None) -> None:
         """Publish the usable objects; queue status writes for the others."""
