@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from authd.arn import canonicalize
 from authd.config import MappingConfig, RoleMapping, UserMapping
@@ -31,6 +31,9 @@ from authd.config.mappings import read_role, read_user
 from authd.config.yamlevents import read_tree
 from authd.errors import ArnError, ConfigError
 from authd.mapping.file import MountedFileTable
+
+if TYPE_CHECKING:
+    from authd.mapping.lint import Finding
 
 NAME = "EKSConfigMap"
 NAMESPACE = "kube-system"
@@ -48,12 +51,13 @@ class ConfigMapVersion:
 
     `rejected` holds one ConfigError per rejected entry (`key` like `data.mapRoles[3].rolearn`,
     `line` counted inside that data key's string); `warnings` are entries kept that can never
-    match as written (and unknown keys).
+    match as written (and unknown keys); `findings` are left empty by `parse_configmap`.
     """
 
     table: MountedFileTable
     rejected: tuple[ConfigError, ...] = ()
     warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()  # `authd validate`'s, when the caller lints (the daemon)
 
 
 def parse_configmap(

@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authd.arn import canonicalize, strip_path
 from authd.errors import ArnError
 from authd.identity import Identity
 from authd.mapping import Entry
+
+if TYPE_CHECKING:
+    from authd.mapping.lint import Finding
 
 NAME = "CRD"
 GROUP = "iamauthenticator.k8s.aws"
@@ -77,6 +80,7 @@ class CrdVersion:
     writes: tuple[StatusWrite, ...] = ()
     rejected: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()  # `authd validate`'s, when the caller lints (the daemon)
 
 
 def parse_mappings(
