@@ -240,14 +240,22 @@ def test_unreadable_or_unknown_files_exit_2_with_one_line(
 
 
 def test_role_path_is_not_reported_when_role_path_match_is_on() -> None:
-    """With the RolePathMatch gate on, a config-file role ARN with a path is no finding; the
-    gate does not reach aws-auth, so there it still is."""
+    """With the RolePathMatch gate on, a role ARN with a path is no finding in the config file,
+    aws-auth or an IAMIdentityMapping; the DynamicFile, which the gate does not reach, keeps it."""
     text = f"server:\n  mapRoles:\n  - rolearn: {ROLE}/team/Admin\n"
     assert [f.rule for f in lint_text(text, src="c.yaml")] == ["role_path"]
     assert lint_text(text, src="c.yaml", role_path_match=True) == []
     aws_auth = f"kind: ConfigMap\ndata:\n  mapRoles: |\n    - rolearn: {ROLE}/team/Admin\n"
-    on = lint_text(aws_auth, src="a.yaml", role_path_match=True)
-    assert [(f.line, f.rule) for f in on] == [(4, "role_path")]
+    off = lint_text(aws_auth, src="a.yaml")
+    assert [(f.line, f.rule) for f in off] == [(4, "role_path")]
+    assert "RolePathMatch" in off[0].message
+    assert lint_text(aws_auth, src="a.yaml", role_path_match=True) == []
+    crd = f"kind: IAMIdentityMapping\nspec:\n  arn: {ROLE}/team/Admin\n"
+    assert [f.rule for f in lint_text(crd, src="m.yaml")] == ["role_path"]
+    assert lint_text(crd, src="m.yaml", role_path_match=True) == []
+    dynamic = f'{{"mapRoles": [{{"rolearn": "{ROLE}/team/Admin", "username": "a"}}]}}'
+    on = lint_text(dynamic, src="d.json", role_path_match=True)
+    assert [f.rule for f in on] == ["role_path"]
     assert "RolePathMatch" not in on[0].message
 
 
@@ -260,3 +268,26 @@ def test_feature_gates_flag_turns_role_path_off_through_the_cli(
     assert (code, [f["rule"] for f in document["findings"]]) == (1, ["role_path"])
     code, document, _ = validate(capsys, path, "--feature-gates", "RolePathMatch=true")
     assert (code, document["findings"]) == (0, [])
+
+
+def test_feature_gates_flag_turns_role_path_off_for_an_aws_auth_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On an aws-auth manifest, `--feature-gates RolePathMatch=true` drops role_path (at the
+    file's own line) and leaves every other finding in place."""
+    manifest = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: aws-auth\n  namespace: kube-system\n"
+        "data:\n  mapRoles: |\n"
+        f"    - rolearn: {ROLE}/teams/Deploy\n      username: deploy\n"
+        f"    - rolearn: {ROLE}/Ops\n      username: ops\n      groups: [system:masters]\n"
+    )
+    path = write(tmp_path, "aws-auth.yaml", manifest)
+    code, document, _ = validate(capsys, path)
+    assert code == 1
+    assert [(f["line"], f["rule"]) for f in document["findings"]] == [
+        (8, "role_path"),
+        (12, "system_masters"),
+    ]
+    code, document, _ = validate(capsys, path, "--feature-gates", "RolePathMatch=true")
+    assert code == 0
+    assert [(f["line"], f["rule"]) for f in document["findings"]] == [(12, "system_masters")]

@@ -20,9 +20,9 @@ _GATES = {
 class FeatureGates:
     """Upstream's feature gates plus authd's own `RolePathMatch`; all Alpha, all off by default.
 
-    See mapping 10 in docs/upstream-compat.md. `RolePathMatch` (authd's): a MountedFile role entry
-    whose ARN has a path also matches the sessions of that role, whose assumed-role ARN never
-    carries the path (docs/troubleshooting.md, `role_path`).
+    See mapping 10 in docs/upstream-compat.md. `RolePathMatch` (authd's): a role entry whose ARN
+    has a path (MountedFile, EKSConfigMap, CRD) also matches the sessions of that role, whose
+    assumed-role ARN never carries the path (docs/troubleshooting.md, `role_path`).
     """
 
     configured_init_directories: bool = False

@@ -4,7 +4,9 @@ Each data key holds a YAML document in a string, in upstream's format (docs/kube
 data keys are exact (`mapusers` is ignored), entry keys ignore case (`rolearn`, `roleARN`), and
 ARNs are NOT canonicalised, as upstream: a role matches when its `rolearn`, lower-cased, equals
 the caller's canonical ARN lower-cased (an `assumed-role` ARN written here never matches; a
-warning says so). Lookups are those of the MountedFile table.
+warning says so). Lookups are those of the MountedFile table; with authd's `RolePathMatch`
+gate a role entry with a path also matches that role's sessions, as in the config file
+(docs/troubleshooting.md).
 
 Better than upstream, and documented there:
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from authd.arn import canonicalize
 from authd.config import MappingConfig, RoleMapping, UserMapping
@@ -29,6 +31,9 @@ from authd.config.mappings import read_role, read_user
 from authd.config.yamlevents import read_tree
 from authd.errors import ArnError, ConfigError
 from authd.mapping.file import MountedFileTable
+
+if TYPE_CHECKING:
+    from authd.mapping.lint import Finding
 
 NAME = "EKSConfigMap"
 NAMESPACE = "kube-system"
@@ -46,22 +51,29 @@ class ConfigMapVersion:
 
     `rejected` holds one ConfigError per rejected entry (`key` like `data.mapRoles[3].rolearn`,
     `line` counted inside that data key's string); `warnings` are entries kept that can never
-    match as written (and unknown keys).
+    match as written (and unknown keys); `findings` are left empty by `parse_configmap`.
     """
 
     table: MountedFileTable
     rejected: tuple[ConfigError, ...] = ()
     warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()  # `authd validate`'s, when the caller lints (the daemon)
 
 
 def parse_configmap(
-    data: Mapping[str, object] | None, *, sso_role_match: bool = False, source: str = SOURCE
+    data: Mapping[str, object] | None,
+    *,
+    sso_role_match: bool = False,
+    role_path_match: bool = False,
+    source: str = SOURCE,
 ) -> ConfigMapVersion:
     """Parse the ConfigMap's `data` into a table; bad entries are left out and reported.
 
     Args:
         data: the object's `data` (None or missing keys: no mappings).
         sso_role_match: the `SSORoleMatch` feature gate.
+        role_path_match: authd's `RolePathMatch` gate: a role ARN with a path is also indexed
+            without it, so the role's sessions match.
         source: names the object in messages (`configmap/kube-system/aws-auth`).
 
     Raises:
@@ -83,7 +95,9 @@ def parse_configmap(
     config = MappingConfig(
         map_roles=tuple(roles), map_users=tuple(users), map_accounts=tuple(accounts)
     )
-    table = MountedFileTable.from_config(config, sso_role_match=sso_role_match)
+    table = MountedFileTable.from_config(
+        config, sso_role_match=sso_role_match, role_path_match=role_path_match
+    )
     return ConfigMapVersion(table=table, rejected=tuple(rejected), warnings=tuple(warnings))
 
 

@@ -6,6 +6,9 @@ lower-cased canonical form of `spec.arn`. An object without that status is not u
 neither is one whose status no longer matches its `spec.arn` (an edited ARN must not keep
 mapping the old identity until the controller catches up). There is no account allow-list.
 When several usable objects claim one ARN, the first by name wins and a warning says so.
+With authd's `RolePathMatch` gate an object whose role ARN has a path is also indexed under the
+role ARN without it, the only form a session's canonical ARN takes (docs/troubleshooting.md);
+such an alias never displaces an object that names that ARN itself.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from authd.arn import canonicalize
+from authd.arn import canonicalize, strip_path
 from authd.errors import ArnError
 from authd.identity import Identity
 from authd.mapping import Entry
+
+if TYPE_CHECKING:
+    from authd.mapping.lint import Finding
 
 NAME = "CRD"
 GROUP = "iamauthenticator.k8s.aws"
@@ -51,6 +57,7 @@ class CrdTable:
     """An immutable snapshot of the usable mappings, keyed by canonical ARN (lower case)."""
 
     by_arn: Mapping[str, Entry]
+    aliases: int = 0  # keys added by `role_path_match`, not counted as mappings
 
     def lookup(self, identity: Identity) -> Entry | None:
         """The entry whose `status.canonicalARN` is the identity's canonical ARN, or None."""
@@ -62,7 +69,7 @@ class CrdTable:
 
     def __len__(self) -> int:
         """Usable mappings."""
-        return len(self.by_arn)
+        return len(self.by_arn) - self.aliases
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,13 +80,18 @@ class CrdVersion:
     writes: tuple[StatusWrite, ...] = ()
     rejected: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()  # `authd validate`'s, when the caller lints (the daemon)
 
 
-def parse_mappings(objects: Mapping[str, Mapping[str, Any]]) -> CrdVersion:
+def parse_mappings(
+    objects: Mapping[str, Mapping[str, Any]], *, role_path_match: bool = False
+) -> CrdVersion:
     """Build the table from the current objects (key: object name).
 
     An object with a malformed spec (no `arn`, an ARN that does not parse, a `username` or
     `groups` of the wrong type) is refused alone, with a message naming it and the field.
+    With `role_path_match` a role ARN with a path is also indexed without its path, unless an
+    object maps that ARN itself (the first such alias by name wins).
     """
     by_arn: dict[str, Entry] = {}
     owner: dict[str, str] = {}
@@ -110,8 +122,15 @@ def parse_mappings(objects: Mapping[str, Mapping[str, Any]]) -> CrdVersion:
             continue
         by_arn[wanted] = entry
         owner[wanted] = name
+    aliases = 0
+    if role_path_match:
+        for wanted in list(owner):
+            stripped = strip_path(wanted)
+            if stripped not in by_arn:
+                by_arn[stripped] = by_arn[wanted]
+                aliases += 1
     return CrdVersion(
-        table=CrdTable(by_arn=MappingProxyType(by_arn)),
+        table=CrdTable(by_arn=MappingProxyType(by_arn), aliases=aliases),
         writes=tuple(writes),
         rejected=tuple(rejected),
         warnings=tuple(warnings),

@@ -10,7 +10,7 @@ pattern (`arn:...:role/AWSReservedSSO_<set>_*`) whatever the `SSORoleMatch` gate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,18 +123,27 @@ def effective(text: str, *, src: str) -> Effective:
             raise ConfigError(f"{src}: data: expected a mapping", path=src, key="data")
         # Data keys are exact in aws-auth (`mapusers` is ignored): keep their spelling.
         children = located.value.values() if located is not None and located.value else ()
-        data = {spelled_key(child): plain(child) for child in children}
-        version = parse_configmap(data, sso_role_match=True, source=src)
-        warnings = (*version.warnings, *(str(e) for e in version.rejected))
-        return Effective(mappings=_table(version.table), kind=kind, warnings=warnings)
-    return _crd(docs, src)
+        return configmap_effective({spelled_key(c): plain(c) for c in children}, src=src)
+    return identity_mappings_effective([plain(doc) for doc in docs])
 
 
-def _crd(docs: list[Any], src: str) -> Effective:
-    """IAMIdentityMapping objects, each given the status its controller would write."""
+def configmap_effective(data: Mapping[str, object], *, src: str) -> Effective:
+    """An aws-auth ConfigMap's `data` (a manifest's or the live object's) as the backend applies it.
+
+    Raises:
+        ConfigError: a data key the backend would refuse whole (YAML that does not parse).
+    """
+    version = parse_configmap(data, sso_role_match=True, source=src)
+    warnings = (*version.warnings, *(str(e) for e in version.rejected))
+    return Effective(mappings=_table(version.table), kind=CONFIGMAP, warnings=warnings)
+
+
+def identity_mappings_effective(objs: Iterable[object]) -> Effective:
+    """IAMIdentityMapping objects (from manifests or the live cluster), each given the status its
+    controller would write, whatever status it has: what the CRD backend maps once it is written.
+    """
     objects: dict[str, dict[str, Any]] = {}
-    for index, doc in enumerate(docs):
-        obj = plain(doc)
+    for index, obj in enumerate(objs):
         assert isinstance(obj, dict)
         metadata = obj.get("metadata")
         name = metadata.get("name") if isinstance(metadata, dict) else None

@@ -11,8 +11,10 @@ compares them (case-insensitively, canonicalised where that backend canonicalise
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import yaml
@@ -47,6 +49,8 @@ MOUNTED_FILE = "MountedFile"
 DYNAMIC_FILE = "DynamicFile"
 CONFIGMAP = "aws-auth"
 CRD = "IAMIdentityMapping"
+# The kinds whose backend honours the RolePathMatch gate.
+_GATED = (MOUNTED_FILE, CONFIGMAP, CRD)
 
 _ENTRY_KEYS = {
     "mapRoles": ("rolearn", "username", "groups", "userid", "sso"),
@@ -166,6 +170,38 @@ def lint_text(text: str, *, src: str, role_path_match: bool = False) -> list[Fin
     for doc in docs:
         linter.document(detect(doc), doc)
     return sorted(linter.findings, key=lambda f: (f.line, f.key, f.rule))
+
+
+def lint_configmap_data(
+    data: Mapping[str, object], *, src: str, role_path_match: bool = False
+) -> list[Finding]:
+    """Every finding of a live aws-auth ConfigMap's `data`, as `lint_text` finds them in a manifest.
+
+    There is no file: `line` is counted inside the data key's string (as the EKSConfigMap
+    backend counts it), 1 for a finding about a data key as a whole (`unknown_key`).
+    """
+    findings: list[Finding] = []
+    for name in sorted(data):
+        if name not in _DATA_KEYS:
+            message = f"{name!r} is not a key here; it is ignored"
+            findings.append(_finding(src, 1, f"data.{name}", "unknown_key", message))
+    for key in _DATA_KEYS:
+        text = data.get(key)
+        if isinstance(text, str):
+            linter = _Linter(src=src, text=text, role_path_match=role_path_match)
+            linter.data_key(key, text, base=f"data.{key}", offset=0)
+            findings.extend(linter.findings)
+    return sorted(findings, key=lambda f: (f.key.split("[")[0], f.line, f.key, f.rule))
+
+
+def lint_identity_mapping(
+    spec: object, *, src: str, role_path_match: bool = False
+) -> list[Finding]:
+    """Every finding of a live IAMIdentityMapping's `spec`, as `lint_text` finds them in a
+    manifest. There is no file and no meaningful line: `line` is 0."""
+    text = json.dumps({"kind": CRD, "spec": spec})
+    found = lint_text(text, src=src, role_path_match=role_path_match)
+    return [dataclasses.replace(f, line=0) for f in found]
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -382,11 +418,11 @@ class _Linter:
         elif (
             ptype is PrincipalType.ROLE
             and "/" in resource.removeprefix("role/")
-            # The gate makes such an entry match in the config file (MountedFile) only.
-            and not (self.role_path_match and kind == MOUNTED_FILE)
+            # The gate makes such an entry match in every source but the DynamicFile.
+            and not (self.role_path_match and kind in _GATED)
         ):
             name = resource.rsplit("/", 1)[-1]
-            gate = ", or turn on the RolePathMatch feature gate" if kind == MOUNTED_FILE else ""
+            gate = ", or turn on the RolePathMatch feature gate" if kind in _GATED else ""
             self.add(
                 val,
                 "role_path",
@@ -492,26 +528,27 @@ class _Linter:
             val = data.value.get(key.lower())
             if val is None or spelled_key(val) != key or isinstance(val.value, list | dict):
                 continue
-            text = as_str(val)
-            if text.strip() in ("", "``", '""', "''"):
-                continue
-            offset = self.block_offset(val)
-            base = val.key
-            try:
-                root = read_tree(text, src=self.src, warnings=[])
-            except ConfigError as exc:
-                problem = str(exc).split(": ", 1)[-1]
-                self.findings.append(
-                    _finding(self.src, (exc.line or 1) + offset, base, "syntax", problem)
-                )
-                continue
-            if root is None:
-                continue
-            if key == "mapAccounts":
-                self.accounts(root, base=base, offset=offset)
-                continue
-            for entry in self.list_of(root, base=base, offset=offset):
-                self.entry(CONFIGMAP, key, entry, base=base, offset=offset)
+            self.data_key(key, as_str(val), base=val.key, offset=self.block_offset(val))
+
+    def data_key(self, key: str, text: str, *, base: str, offset: int) -> None:
+        """One aws-auth data key's YAML string (`base` is `data.<key>`)."""
+        if text.strip() in ("", "``", '""', "''"):
+            return
+        try:
+            root = read_tree(text, src=self.src, warnings=[])
+        except ConfigError as exc:
+            problem = str(exc).split(": ", 1)[-1]
+            self.findings.append(
+                _finding(self.src, (exc.line or 1) + offset, base, "syntax", problem)
+            )
+            return
+        if root is None:
+            return
+        if key == "mapAccounts":
+            self.accounts(root, base=base, offset=offset)
+            return
+        for entry in self.list_of(root, base=base, offset=offset):
+            self.entry(CONFIGMAP, key, entry, base=base, offset=offset)
 
     def block_offset(self, val: Located) -> int:
         """What to add to a line inside a data key's string to get the file's own line."""

@@ -196,13 +196,22 @@ class Backends:
         elif name in ("EKSConfigMap", "CRD"):
             client = await self._kube_client()
             source: KubeBackend[Any]
+            gates = self._settings.feature_gates
             if name == "EKSConfigMap":
-                sso = self._settings.feature_gates.sso_role_match
                 source = ConfigMapBackend(
-                    backend=backend, client=client, metrics=self._metrics, sso_role_match=sso
+                    backend=backend,
+                    client=client,
+                    metrics=self._metrics,
+                    sso_role_match=gates.sso_role_match,
+                    role_path_match=gates.role_path_match,
                 )
             else:
-                source = CrdBackend(backend=backend, client=client, metrics=self._metrics)
+                source = CrdBackend(
+                    backend=backend,
+                    client=client,
+                    metrics=self._metrics,
+                    role_path_match=gates.role_path_match,
+                )
             self.kube[name] = source
             assert self._nursery is not None
             await self._nursery.start(source.run)

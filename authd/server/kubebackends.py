@@ -10,11 +10,16 @@ in one step, so a review always sees one consistent table. Readiness (docs/kuber
   and not ready, saying so; a version whose YAML does not parse keeps the last good table and
   reports degraded; one bad entry is rejected alone (logged with its key path, counted);
 - for the CRD, authd is the controller: objects whose `status.canonicalARN` is missing or stale
-  get it written through the status subresource; a refused write degrades the backend.
+  get it written through the status subresource; a refused write degrades the backend;
+- each applied version's `authd validate` findings are logged (`mapping finding`, same rule
+  codes as the file backends), once per content: aws-auth when its `data` changed, an
+  IAMIdentityMapping when its `spec` did. Findings never refuse a version.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
@@ -28,6 +33,7 @@ from authd.mapping.chain import Backend
 from authd.mapping.configmap import NAMESPACE, OBJECT, SOURCE, ConfigMapVersion, parse_configmap
 from authd.mapping.crd import PATH as CRD_PATH
 from authd.mapping.crd import CrdVersion, StatusWrite, parse_mappings
+from authd.mapping.lint import Finding, lint_configmap_data, lint_identity_mapping
 from authd.metrics import Metrics
 from authd.server.kube import Conflict, KubeError, NotFound
 from authd.server.kube.client import KubeClient
@@ -225,6 +231,7 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
         client: KubeClient,
         metrics: Metrics,
         sso_role_match: bool = False,
+        role_path_match: bool = False,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(
@@ -236,17 +243,27 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
             backoff=backoff,
         )
         self._sso = sso_role_match
+        self._role_path = role_path_match
+        self._linted: Mapping[str, object] | None = None  # the data whose findings were logged
+        self._parsed_data: Mapping[str, object] = {}  # the data `parse` last saw
 
     def parse(self, objects: Objects) -> ConfigMapVersion:
-        """Parse the aws-auth object's data (worker thread)."""
+        """Parse the aws-auth object's data, and lint it when it changed (worker thread)."""
         obj = objects.get(f"{NAMESPACE}/{OBJECT}")
         data = obj.get("data") if obj is not None else None
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError(f"{SOURCE}: data: expected a mapping", path=SOURCE, key="data")
-        return parse_configmap(data, sso_role_match=self._sso)
+        version = parse_configmap(data, sso_role_match=self._sso, role_path_match=self._role_path)
+        data = self._parsed_data = data or {}
+        if data == self._linted:
+            return version
+        found = lint_configmap_data(data, src=SOURCE, role_path_match=self._role_path)
+        return dataclasses.replace(version, findings=tuple(found))
 
     def accept(self, parsed: ConfigMapVersion, started: float | None) -> None:
-        """Publish the table; log each rejected entry and warning."""
+        """Publish the table; log each rejected entry, warning and new finding."""
+        self._linted = self._parsed_data
+        log_findings(parsed.findings)
         for error in parsed.rejected:
             log.error(
                 "aws-auth entry rejected; the other entries apply",
@@ -274,6 +291,7 @@ class ConfigMapBackend(KubeBackend[ConfigMapVersion]):
         else:
             problem = f"{SOURCE} was deleted; its mappings are cleared"
             log.warning("aws-auth deleted; its mappings are cleared", backend=self.name)
+        self._linted = None
         self.metrics.backend_rejected_entries(self.name, 0)
         self.clear(problem)
 
@@ -291,22 +309,39 @@ class CrdBackend(KubeBackend[CrdVersion]):
         backend: Backend,
         client: KubeClient,
         metrics: Metrics,
+        role_path_match: bool = False,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(
             backend=backend, client=client, metrics=metrics, path=CRD_PATH, backoff=backoff
         )
         self._backoff = backoff
+        self._role_path = role_path_match
+        self._linted: dict[str, str] = {}  # object name -> the spec whose findings were logged
+        self._parsed_specs: dict[str, str] = {}  # the specs `parse` last saw
         self._writes: dict[str, StatusWrite] = {}
         self._written: set[tuple[str, str]] = set()
         self._writes_due = trio.Event()
 
     def parse(self, objects: Objects) -> CrdVersion:
-        """Index the objects by `status.canonicalARN` (worker thread)."""
-        return parse_mappings(objects)
+        """Index the objects by `status.canonicalARN`; lint each new or edited spec (worker
+        thread)."""
+        version = parse_mappings(objects, role_path_match=self._role_path)
+        found: list[Finding] = []
+        self._parsed_specs = _specs(objects)
+        for name, spec in self._parsed_specs.items():
+            if self._linted.get(name) != spec:
+                source = f"iamidentitymapping/{name}"
+                obj_spec = objects[name].get("spec")
+                found += lint_identity_mapping(
+                    obj_spec, src=source, role_path_match=self._role_path
+                )
+        return dataclasses.replace(version, findings=tuple(found))
 
     def accept(self, parsed: CrdVersion, started: float | None) -> None:
-        """Publish the usable objects; queue status writes for the others."""
+        """Publish the usable objects; queue status writes for the others; log new findings."""
+        self._linted = self._parsed_specs
+        log_findings(parsed.findings)
         for problem in parsed.rejected:
             log.error("IAMIdentityMapping refused", backend=self.name, error=problem)
         for warning in parsed.warnings:
@@ -317,6 +352,7 @@ class CrdBackend(KubeBackend[CrdVersion]):
 
     def empty(self) -> None:
         """No objects: an empty table (nothing is mapped, the backend is ready)."""
+        self._parsed_specs = {}
         self.accept(parse_mappings({}), None)
 
     def _queue(self, writes: tuple[StatusWrite, ...]) -> None:
@@ -374,3 +410,22 @@ class CrdBackend(KubeBackend[CrdVersion]):
             canonicalARN=write.canonical_arn,
         )
         return True
+
+
+def _specs(objects: Objects) -> dict[str, str]:
+    """Each object's `spec`, as text that compares equal exactly when the spec is the same."""
+    return {name: json.dumps(obj.get("spec"), sort_keys=True) for name, obj in objects.items()}
+
+
+def log_findings(findings: tuple[Finding, ...]) -> None:
+    """Log each finding as the file backends do; no `line` when the object has none (CRD)."""
+    for finding in findings:
+        log.warning(
+            "mapping finding",
+            file=finding.file,
+            line=finding.line or None,
+            key=finding.key,
+            rule=finding.rule,
+            severity=finding.severity,
+            problem=finding.message,
+        )
