@@ -201,6 +201,14 @@ def test_the_lanes_add_up_to_the_whole_allowance() -> None:
         StsAllowance(rate=50, burst=100, reserved_share=1.0)
 
 
+def test_a_burst_of_one_is_not_split_into_two_lanes() -> None:
+    """With --sts-burst 1 the lanes would add up to 2 at once: one lane keeps the limit."""
+    clock = [0.0]
+    allowance = StsAllowance(rate=50, burst=1, reserved_share=0.5, clock=lambda: clock[0])
+    taken = [allowance.try_acquire(proven=True)[0] for _ in range(3)]
+    assert taken == ["open", "", ""]
+
+
 # --- remembered denials -----------------------------------------------------------------------
 
 

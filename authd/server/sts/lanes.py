@@ -101,6 +101,8 @@ class StsAllowance:
     ) -> None:
         """Split `rate` requests/s and `burst` at once by `reserved_share` (0 <= share < 1).
 
+        A burst below 2 cannot be split without the lanes adding up to more than it: one lane.
+
         Raises:
             ValueError: a share outside [0, 1), or a rate or burst the buckets refuse.
         """
@@ -111,7 +113,7 @@ class StsAllowance:
         self.reserved_share = reserved_share
         self._reserved: TokenBucket | None = None
         open_rate, open_burst = self.rate, self.burst
-        if reserved_share > 0:
+        if reserved_share > 0 and burst >= 2:
             reserved_burst = min(max(1, math.floor(burst * reserved_share)), max(1, burst - 1))
             self._reserved = TokenBucket(
                 rate=rate * reserved_share, burst=reserved_burst, clock=clock
