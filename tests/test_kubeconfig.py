@@ -16,14 +16,15 @@ from authd.errors import ConfigError
 from authd.server.kubeconfig import render_kubeconfig, server_url, write_kubeconfig
 from authd.server.tls import generate_self_signed
 
-# The template of server 5 in docs/upstream-compat.md, with its two placeholders.
+# The template of server 5 in docs/upstream-compat.md, with its two placeholders (filled with
+# str.format: replacing a word such as "URL" could hit the base64 of the certificate first).
 UPSTREAM_TEMPLATE = (
     "\n"
     "clusters:\n"
     "  - name: aws-iam-authenticator\n"
     "    cluster:\n"
-    "      certificate-authority-data: CA\n"
-    "      server: URL\n"
+    "      certificate-authority-data: {ca}\n"
+    "      server: {url}\n"
     "# user refers to the API server client\n"
     "users:\n"
     "  - name: apiserver\n"
@@ -47,9 +48,7 @@ def test_text_is_upstreams_byte_for_byte(cert_pem: bytes) -> None:
     """The default rendering equals upstream's template filled with the base64 PEM and URL."""
     text = render_kubeconfig(cert_pem=cert_pem, hostname="localhost", port=21362)
     ca = base64.b64encode(cert_pem).decode()
-    expected = UPSTREAM_TEMPLATE.replace("CA", ca, 1).replace(
-        "URL", "https://localhost:21362/authenticate", 1
-    )
+    expected = UPSTREAM_TEMPLATE.format(ca=ca, url="https://localhost:21362/authenticate")
     assert text == expected
     assert text.startswith("\nclusters:\n")
 
