@@ -255,14 +255,17 @@ async def test_same_instance_at_once_is_asked_once(recorder: Recorder) -> None:
 
 
 async def test_calls_are_rate_limited(recorder: Recorder) -> None:
-    """qps 20, burst 1: five batches take at least 4/20 s between first and last call."""
+    """qps 20, burst 1: five batches are spread over about 4/20 s, not sent at once."""
     limits = Ec2Limits(qps=20, burst=1, max_in_flight=10)
     async with open_private_dns_names(
         describe=recorder, metrics=Metrics(process_collector=False), limits=limits
     ) as names:
         await resolve_all(names, [f"i-{n:08d}" for n in range(500)])
     assert [len(b) for b in recorder.batches] == [100] * 5
-    assert recorder.started[-1] - recorder.started[0] >= 4 / 20 - 0.01
+    # The recorder stamps each call when its worker thread starts, which a busy machine can
+    # delay for the first call more than for the last: allow one interval of that. Without the
+    # limit the five calls start within a few milliseconds.
+    assert recorder.started[-1] - recorder.started[0] >= 3 / 20
 
 
 async def test_in_flight_calls_are_bounded(recorder: Recorder) -> None:
