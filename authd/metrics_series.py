@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from authd.names import KUBE_BACKENDS
 from authd.outcomes import BY_REASON
 
 NAMESPACE = "aws_iam_authenticator"
@@ -29,7 +30,6 @@ NAMESPACE = "aws_iam_authenticator"
 GO_DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Reviews are answered from cache in microseconds and by STS in tens of milliseconds.
 REVIEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-KUBE_BACKENDS = ("EKSConfigMap", "CRD")
 NO_BACKEND = "none"
 
 

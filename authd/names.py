@@ -12,6 +12,8 @@ BACKEND_MODES: tuple[str, ...] = ("MountedFile", "EKSConfigMap", "CRD", "Dynamic
 DEPRECATED_BACKEND_MODES: Mapping[str, str] = MappingProxyType(
     {"File": "MountedFile", "ConfigMap": "EKSConfigMap"}
 )
+KUBE_BACKENDS: tuple[str, ...] = ("EKSConfigMap", "CRD")
+"""The backend modes read from the Kubernetes API rather than from files."""
 LOG_LEVELS: tuple[str, ...] = ("panic", "fatal", "error", "warning", "info", "debug", "trace")
 LOG_LEVEL_ALIASES: Mapping[str, str] = MappingProxyType({"warn": "warning"})
 LOG_FORMATS: tuple[str, ...] = ("json", "text")

@@ -35,6 +35,36 @@ def global_flags() -> argparse.ArgumentParser:
     return p
 
 
+CHAIN_FLAGS: dict[str, object] = {
+    "partition": None,
+    "extra_sts_endpoints": None,
+    "backend_mode": None,
+    "dynamicfile_path": None,
+}
+"""The server settings `add_chain_flags` sets, by attribute, for `load_settings`."""
+
+
+def add_chain_flags(p: argparse.ArgumentParser) -> None:
+    """The server's flags that build the mapping chain and the STS endpoint policy, for the
+    offline commands (`verify`, `explain`) that run the chain as the daemon does."""
+    p.add_argument("--partition", default=None, help="aws, aws-cn, aws-us-gov, ...")
+    p.add_argument(
+        "--backend-mode",
+        dest="backend_mode",
+        action="append",
+        default=None,
+        help="the backends, in order, as the server takes them",
+    )
+    p.add_argument("--dynamicfile-path", dest="dynamicfile_path", default=None)
+    p.add_argument(
+        "--extra-sts-endpoint",
+        dest="extra_sts_endpoints",
+        action="append",
+        default=None,
+        help="an extra allowed STS origin (VPC endpoint, local STS)",
+    )
+
+
 def pick(flag: Any, env: Mapping[str, str], env_key: str | None, config: Any, default: Any) -> Any:
     """Resolve one setting with upstream's precedence: flag > env > config file > default."""
     if flag is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from authd.cli.common import CHAIN_FLAGS, add_chain_flags
 from authd.errors import AuthdError, ConfigError, MappingError, StsRejectedError, TokenFormatError
 from authd.identity import Identity
 
@@ -27,13 +28,6 @@ if TYPE_CHECKING:
     from authd.mapping.explain import SourceEntry
     from authd.server.proxies import Proxies
 
-FLAGS: dict[str, object] = {
-    "partition": None,
-    "extra_sts_endpoints": None,
-    "backend_mode": None,
-    "dynamicfile_path": None,
-}
-KUBERNETES_BACKENDS = ("EKSConfigMap", "CRD")
 EC2_NOT_LOOKED_UP = "{{EC2PrivateDNSName}}"
 
 
@@ -47,22 +41,7 @@ def add_parser(
     p.add_argument("arn", nargs="?", default=None, help="the caller's ARN, as STS returns it")
     p.add_argument("-t", "--token", default=None, help="a token: verified through STS first")
     p.add_argument("-o", "--output", default=None, help="json for one JSON document")
-    p.add_argument("--partition", default=None, help="aws, aws-cn, aws-us-gov, ...")
-    p.add_argument(
-        "--backend-mode",
-        dest="backend_mode",
-        action="append",
-        default=None,
-        help="the backends, in order, as the server takes them",
-    )
-    p.add_argument("--dynamicfile-path", dest="dynamicfile_path", default=None)
-    p.add_argument(
-        "--extra-sts-endpoint",
-        dest="extra_sts_endpoints",
-        action="append",
-        default=None,
-        help="an extra allowed STS origin (VPC endpoint, local STS)",
-    )
+    add_chain_flags(p)
     p.set_defaults(run=run, error_prefix="authd explain: ")
 
 
@@ -248,7 +227,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     if (args.arn is None) == (args.token is None):
         return _bad("give either an ARN or --token TOKEN")
-    flags = given_flags(args, FLAGS)
+    flags = given_flags(args, CHAIN_FLAGS)
     if args.token is None and not (args.cluster_id or env.get(_CLUSTER_ENV)):
         # An ARN is explained without STS: the cluster ID only names the token's audience.
         flags.setdefault("cluster_ids", ["explain"])

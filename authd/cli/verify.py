@@ -8,18 +8,12 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from authd.cli.common import CHAIN_FLAGS, add_chain_flags
 from authd.errors import AuthdError
 
 if TYPE_CHECKING:
     from authd.config import ServerSettings
     from authd.server.proxies import Proxies
-
-FLAGS: dict[str, object] = {
-    "partition": None,
-    "extra_sts_endpoints": None,
-    "backend_mode": None,
-    "dynamicfile_path": None,
-}
 
 
 def add_parser(
@@ -29,22 +23,7 @@ def add_parser(
     p = sub.add_parser("verify", parents=parents, help="verify a token and show the identity")
     p.add_argument("-t", "--token", default=None, help="the token to verify")
     p.add_argument("-o", "--output", default=None, help="json for indented JSON")
-    p.add_argument("--partition", default=None, help="aws, aws-cn, aws-us-gov, ...")
-    p.add_argument(
-        "--backend-mode",
-        dest="backend_mode",
-        action="append",
-        default=None,
-        help="the backends, in order, as the server takes them",
-    )
-    p.add_argument("--dynamicfile-path", dest="dynamicfile_path", default=None)
-    p.add_argument(
-        "--extra-sts-endpoint",
-        dest="extra_sts_endpoints",
-        action="append",
-        default=None,
-        help="an extra allowed STS origin (VPC endpoint, local STS)",
-    )
+    add_chain_flags(p)
     p.set_defaults(run=run, error_prefix="could not verify token: ")
 
 
@@ -67,7 +46,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not (args.cluster_id or env.get("KUBERNETES_AWS_AUTHENTICATOR_CLUSTER_ID") or args.config):
         print("error: cluster ID not specified", file=sys.stderr)
         return 1
-    settings = load_settings(args, env, FLAGS)
+    settings = load_settings(args, env, CHAIN_FLAGS)
     region = resolve_region(env, default="")
     report = trio.run(_verify, settings, token, region, Proxies.from_env(env))
     if args.output == "json":

@@ -35,6 +35,7 @@ from authd.config import ServerSettings
 from authd.errors import AuthdError
 from authd.mapping.chain import Backend, MapperChain
 from authd.metrics import Metrics
+from authd.names import KUBE_BACKENDS
 from authd.server.kube.client import KubeClient
 from authd.server.kubebackends import ConfigMapBackend, CrdBackend, KubeBackend
 from authd.server.reload import (
@@ -193,7 +194,7 @@ class Backends:
                 self.config_target.load_start()
         elif name == "DynamicFile":
             await self._start_dynamic_file()
-        elif name in ("EKSConfigMap", "CRD"):
+        elif name in KUBE_BACKENDS:
             client = await self._kube_client()
             source: KubeBackend[Any]
             gates = self._settings.feature_gates
