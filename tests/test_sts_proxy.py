@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from authd.errors import Ec2Error, StsUnavailableError
 from authd.server.ec2 import botocore_describer
@@ -31,6 +26,7 @@ from authd.server.sts.client import open_sts_client
 from authd.token import EndpointPolicy, verify
 from tests.daemon import Daemon, base_env
 from tests.fakes.connect_proxy import ConnectProxy, always_to
+from tests.fakes.kube.tls import serving_cert
 from tests.fakes.moto import ADMIN_KEY, ADMIN_SECRET, MotoServer
 from tests.fakes.sts_standin import ALICE, StsStandIn
 
@@ -46,33 +42,7 @@ VIA_P = {"HTTPS_PROXY": P}
 
 def write_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     """A self-signed certificate (its own CA) for `names` and 127.0.0.1: (cert, key) paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sts stand-in")])
-    now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "sts.crt", directory / "sts.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return serving_cert(directory, names=names, common_name="sts stand-in", stem="sts")
 
 
 @pytest.fixture
