@@ -435,3 +435,51 @@ def test_daemon_ready_first_when_everything_is_there(
     finally:
         assert daemon.stop() == 0
     assert "STOPPING" in path_socket.receive()
+
+
+# --- docs/deploy-systemd.md ------------------------------------------------------------------
+
+ON_NODE = "# as root on the control-plane node"
+FROM_CHECKOUT = "# from a checkout (tests/test_systemd.py runs this block)"
+
+
+def doc_blocks() -> list[list[str]]:
+    """The lines of every ```sh block of docs/deploy-systemd.md."""
+    text = (ROOT / "docs" / "deploy-systemd.md").read_text()
+    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_every_doc_command_is_tested_or_for_a_real_node() -> None:
+    """Each shell block says where it runs, with one of the two comments the doc explains."""
+    kinds = [
+        "node"
+        if block[0].startswith(ON_NODE)
+        else "checkout"
+        if block[0] == FROM_CHECKOUT
+        else block[0]
+        for block in doc_blocks()
+    ]
+    assert set(kinds) == {"node", "checkout"}, kinds
+
+
+@needs_analyze
+def test_doc_commands_from_a_checkout_run() -> None:
+    """The blocks marked "from a checkout" succeed, line by line, in this checkout."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ran = 0
+    for block in doc_blocks():
+        if block[0] != FROM_CHECKOUT:
+            continue
+        for line in block[1:]:
+            out = subprocess.run(
+                shlex.split(line),
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 0, (line, out.stdout, out.stderr)
+            ran += 1
+    assert ran >= 3
