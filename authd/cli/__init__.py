@@ -23,7 +23,7 @@ Runner = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the whole parser: global flags work before or after the subcommand, as upstream."""
-    from authd.cli import add, diff, explain, init, server, token, validate, verify
+    from authd.cli import add, diff, explain, help, init, server, token, validate, verify
 
     parents = [common.global_flags()]
     parser = argparse.ArgumentParser(
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (token, server, init, verify, explain, version, add, validate, diff):
+    for module in (token, server, init, verify, explain, version, add, validate, diff, help):
         module.add_parser(sub, parents)
     return parser
 

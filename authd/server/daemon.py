@@ -6,6 +6,10 @@ DynamicFile and the backend-mode file are watched (authd/server/reload.py, docs/
 Kubernetes backends follow the API server (docs/kubernetes.md), and each good new version is
 swapped in atomically; SIGHUP re-reads the files at once. A version that does not parse keeps
 the last good table and marks the backend not ready.
+
+Under systemd (`Type=notify`, `$NOTIFY_SOCKET` in `env`) the daemon says `READY=1` once the
+listener accepts and every backend of the chain has its first snapshot, `RELOADING=1` then
+`READY=1` around a SIGHUP reload, and `STOPPING=1` when shutdown begins (docs/deploy-systemd.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from authd.server.http import Limits, Request, Response, serve_http, serve_https
 from authd.server.kube.client import KubeClient
 from authd.server.kube.connection import connection_from, open_client
 from authd.server.proxies import Proxies
+from authd.server.sdnotify import Notifier
 from authd.server.sts.client import open_sts_client
 from authd.server.sts.guard import StsProtection
 from authd.token import EndpointPolicy
@@ -90,7 +95,7 @@ async def run_server(
         region: the server's AWS region (EC2 calls, the STS endpoint policy).
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
         env: the process environment, read only for the in-cluster Kubernetes connection
-            (`KUBERNETES_SERVICE_HOST`/`_PORT`).
+            (`KUBERNETES_SERVICE_HOST`/`_PORT`) and systemd's `NOTIFY_SOCKET`.
         limits: the listener's connection limits; defaults when None. The per-client cap
             always comes from `settings`.
         sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
@@ -102,6 +107,7 @@ async def run_server(
         ListenError: an address cannot be listened on (an OSError; trio's nurseries wrap it
             in exception groups).
     """
+    notifier = Notifier((env or {}).get("NOTIFY_SOCKET"))
     metrics = Metrics()
     backends = Backends(settings, metrics, open_kube=kube_opener(settings, env or {}))
     backends.load_all()
@@ -144,7 +150,8 @@ async def run_server(
         )
         shutdown, hard_stop = trio.Event(), trio.CancelScope()
         async with trio.open_nursery() as outer:
-            outer.start_soon(_handle_signals, shutdown, backends, hard_stop)
+            lifecycle = Lifecycle(notifier, backends, shutdown)
+            outer.start_soon(_handle_signals, lifecycle, hard_stop)
             # Watches are armed before the listeners open: no change after start is missed.
             await outer.start(backends.serve_reloads)
             with hard_stop:
@@ -166,6 +173,7 @@ async def run_server(
                                 _serve_health, settings.health_address, app, shutdown
                             )
                     _log_listening(settings, bound, region)
+                    outer.start_soon(lifecycle.announce_ready, _join(*bound))
                     task_status.started(bound)
             # The listeners returned: shutdown was asked for and in-flight reviews are done.
             outer.cancel_scope.cancel()
@@ -221,17 +229,97 @@ async def _serve_health(
     )
 
 
-async def _handle_signals(
-    shutdown: trio.Event, backends: Backends, scope: trio.CancelScope
-) -> None:
+class Lifecycle:
+    """What the daemon tells systemd, and when (a no-op without `NOTIFY_SOCKET`).
+
+    Args:
+        notifier: where the messages go.
+        backends: whose first snapshots READY waits for, and whose files a reload re-reads.
+        shutdown: set when shutdown begins; no READY is sent after it.
+        poll: how often, in seconds, start-up looks at the backends while one has no snapshot.
+    """
+
+    def __init__(
+        self, notifier: Notifier, backends: Backends, shutdown: trio.Event, *, poll: float = 0.1
+    ) -> None:
+        self.notifier = notifier
+        self.backends = backends
+        self.shutdown = shutdown
+        self.poll = poll
+        self.address = ""
+        self.is_ready = False  # READY=1 was sent for the start-up
+
+    def missing(self) -> list[str]:
+        """The backends of the current chain that have no snapshot yet."""
+        return [n for n in self.backends.modes if self.backends.by_name[n].table is None]
+
+    def status(self) -> str:
+        """One line for `systemctl status`: the address and each backend's readiness."""
+        lines = self.backends.readiness()[1].strip().splitlines()
+        return "; ".join([f"serving on {self.address}", *lines])
+
+    async def announce_ready(self, address: str) -> None:
+        """Send READY=1 once every backend of the chain has its first snapshot.
+
+        Called once the listener accepts on `address`. A backend without a snapshot (a
+        DynamicFile not written yet, an API server not reachable yet) holds READY back, and
+        STATUS says which one. Returns without READY when shutdown begins first.
+        """
+        self.address = address
+        shown = ""
+        while missing := self.missing():
+            if self.shutdown.is_set():
+                return
+            waiting = f"listening on {address}; waiting for the first mapping of " + ", ".join(
+                f"{n} ({self.backends.by_name[n].problem})" for n in missing
+            )
+            if waiting != shown:
+                self.notifier.status(waiting)
+                log.info("not ready yet: waiting for the first mapping", backends=missing)
+                shown = waiting
+            await trio.sleep(self.poll)
+        if self.shutdown.is_set():
+            return
+        self.is_ready = True
+        self.notifier.ready(self.status())
+        if self.notifier.enabled:
+            log.info("told systemd READY=1")
+
+    async def reload(self) -> None:
+        """SIGHUP: RELOADING=1, re-read every watched file, READY=1 when each was judged.
+
+        A broken file keeps its last good mapping (docs/reload.md); STATUS then says
+        `degraded`. Before the start-up READY (or after shutdown began) files are re-read but
+        systemd is told nothing, so READY never comes early.
+        """
+        announce = self.is_ready and not self.shutdown.is_set()
+        if announce:
+            self.notifier.reloading(f"reloading mappings (SIGHUP); {self.status()}")
+        reloaders = list(self.backends.reloaders)
+        counts = [reloader.checks for reloader in reloaders]
+        self.backends.trigger_reload()
+        for reloader, count in zip(reloaders, counts, strict=True):
+            await reloader.wait_checked(count + 1)
+        if announce and not self.shutdown.is_set():
+            self.notifier.ready(self.status())
+
+    def stopping(self) -> None:
+        """Shutdown began: STOPPING=1."""
+        self.notifier.stopping("stopping: finishing in-flight reviews")
+
+
+async def _handle_signals(lifecycle: Lifecycle, scope: trio.CancelScope) -> None:
     """SIGTERM/SIGINT: graceful stop (a second one stops at once). SIGHUP: reload mappings."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading mappings")
-                backends.trigger_reload()
-            elif shutdown.is_set():
-                scope.cancel()
-            else:
-                log.info("shutting down: finishing in-flight reviews", signal=signum)
-                shutdown.set()
+    shutdown = lifecycle.shutdown
+    async with trio.open_nursery() as reloads:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading mappings")
+                    reloads.start_soon(lifecycle.reload)
+                elif shutdown.is_set():
+                    scope.cancel()
+                else:
+                    log.info("shutting down: finishing in-flight reviews", signal=signum)
+                    lifecycle.stopping()
+                    shutdown.set()
