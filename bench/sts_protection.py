@@ -181,10 +181,10 @@ def calls_per_token(sts: StandInSts, *, cache_size: int) -> tuple[int, int]:
 
     async def main() -> int:
         reviews = 0
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncHTTPTransport() as transport:
             authenticator = Authenticator(
                 policy=EndpointPolicy.create(partition="aws", extra_origins=[sts.url]),
-                sts=StsClient(client),
+                sts=StsClient(transport, timeout=10),
                 chain=MapperChain([Backend("MountedFile", table)]),
                 cluster_ids=[CLUSTER],
                 metrics=Metrics(process_collector=False),

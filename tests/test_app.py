@@ -109,7 +109,7 @@ def build_app(
         MountedFileTable.from_config(mapping) if table is None else table,
         reserved_prefixes=mapping.reserved_prefixes_for("MountedFile"),
     )
-    client = httpx.AsyncClient(transport=httpx.MockTransport(sts), follow_redirects=False)
+    client = httpx.MockTransport(sts)
     metrics = metrics or Metrics(process_collector=False)
     authenticator = Authenticator(
         policy=EndpointPolicy.create(partition="aws", extra_origins=[STS]),

@@ -81,7 +81,7 @@ def guard_over(
     metrics = Metrics(process_collector=False)
     transport = sts if isinstance(sts, httpx.MockTransport) else httpx.MockTransport(sts)  # type: ignore[arg-type]
     guard = StsGuard(
-        sts=StsClient(httpx.AsyncClient(transport=transport)),
+        sts=StsClient(transport),
         cluster_ids=cluster_ids,
         metrics=metrics,
         protection=StsProtection(**protection),  # type: ignore[arg-type]

@@ -61,7 +61,7 @@ def build_app(lines: list[dict[str, object]]) -> App:
     """
     mapping = MappingConfig.from_file_config(FileConfig.from_text(CONFIG, path="config.yaml"))
     backend = Backend("MountedFile", MountedFileTable.from_config(mapping))
-    client = httpx.AsyncClient(transport=httpx.MockTransport(resolving_sts))
+    client = httpx.MockTransport(resolving_sts)
     metrics = Metrics(process_collector=False)
     policy = EndpointPolicy.create(
         partition="aws", region="us-east-1", extra_origins=[LONG_LABEL_ORIGIN]

@@ -68,7 +68,7 @@ def _json_answer(arn: str, user_id: str, **names: str) -> bytes:
     return json.dumps({names.get("Response", "GetCallerIdentityResponse"): response}).encode()
 
 
-async def _call(handler: Handler, *, follow_redirects: bool = False) -> tuple[Any, list[Any]]:
+async def _call(handler: Handler) -> tuple[Any, list[Any]]:
     """Run one get_caller_identity against `handler`; return the outcome and the requests seen."""
     seen: list[httpx.Request] = []
 
@@ -77,9 +77,9 @@ async def _call(handler: Handler, *, follow_redirects: bool = False) -> tuple[An
         return handler(request)
 
     transport = httpx.MockTransport(record)
-    async with httpx.AsyncClient(transport=transport, follow_redirects=follow_redirects) as http:
+    async with transport:
         try:
-            outcome: Any = await StsClient(http).get_caller_identity(
+            outcome: Any = await StsClient(transport).get_caller_identity(
                 _presigned(), cluster_id=CLUSTER
             )
         except (StsRejectedError, StsThrottledError, StsUnavailableError) as exc:
@@ -209,12 +209,12 @@ async def test_server_error_is_unavailable(status: int) -> None:
 
 
 async def test_redirect_is_never_followed() -> None:
-    """A 302 is unavailable and not followed, even by a client configured to follow."""
+    """A 302 is unavailable and not followed: StsClient sends one request per call."""
 
     def redirect(_: httpx.Request) -> httpx.Response:
         return httpx.Response(302, headers={"location": "https://attacker.example/"})
 
-    error, seen = await _call(redirect, follow_redirects=True)
+    error, seen = await _call(redirect)
     assert isinstance(error, StsUnavailableError) and error.status == 302
     assert [request.url.host for request in seen] == [HOST]
 
@@ -395,8 +395,10 @@ async def test_identity_from_moto(moto_endpoint: str) -> None:
         encode(_presign(moto_endpoint, credentials)), now=datetime.now(UTC), policy=policy
     )
     front = _MotoFront()
-    async with httpx.AsyncClient(transport=front, timeout=10, follow_redirects=False) as http:
-        identity = await StsClient(http).get_caller_identity(request, cluster_id=CLUSTER)
+    async with front:
+        identity = await StsClient(front, timeout=10).get_caller_identity(
+            request, cluster_id=CLUSTER
+        )
     assert identity.canonical_arn == "arn:aws:iam::123456789012:role/StsTestAdmin"
     assert identity.arn.endswith(":assumed-role/StsTestAdmin/alice-laptop")
     assert identity.user_id.startswith("AROA") and identity.session_name == "alice-laptop"

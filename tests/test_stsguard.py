@@ -94,7 +94,7 @@ def build_guard(
 ) -> tuple[StsGuard, Metrics]:
     """A guard over the real StsClient with `sts` as the transport."""
     metrics = metrics or Metrics(process_collector=False)
-    client = httpx.AsyncClient(transport=httpx.MockTransport(sts))  # type: ignore[arg-type]
+    client = httpx.MockTransport(sts)  # type: ignore[arg-type]
     guard = StsGuard(
         sts=StsClient(client),
         cluster_ids=cluster_ids,
@@ -183,7 +183,7 @@ async def test_mapping_change_applies_to_a_cached_token(
 ) -> None:
     """Identities are cached, users are not: a new mapping applies at the next review."""
     sts = Sts()
-    client = httpx.AsyncClient(transport=httpx.MockTransport(sts))  # type: ignore[arg-type]
+    client = httpx.MockTransport(sts)  # type: ignore[arg-type]
 
     def table(username: str) -> MountedFileTable:
         text = (
@@ -382,9 +382,9 @@ def standin() -> Iterator[StsStandIn]:
 async def real_guard(
     standin: StsStandIn, **protection: float
 ) -> AsyncIterator[tuple[StsGuard, Metrics, EndpointPolicy]]:
-    """A guard with a real httpx client to the stand-in, closed on the way out."""
+    """A guard with httpx's own transport to the stand-in, closed on the way out."""
     metrics = Metrics(process_collector=False)
-    client = httpx.AsyncClient(timeout=5)
+    client = httpx.AsyncHTTPTransport()
     guard = StsGuard(
         sts=StsClient(client),
         cluster_ids=("current",),

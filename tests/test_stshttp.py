@@ -418,10 +418,10 @@ async def test_body_over_the_sts_limit_is_refused_by_the_client_reader() -> None
             await peer.send(ok(b" " * (MAX_BODY_BYTES * 4)))
 
     transport = H11Transport()
-    async with serving(huge) as server, client(transport) as http:
+    async with serving(huge) as server, transport:
         request = _presigned_for(server.url)
         with pytest.raises(StsUnavailableError, match="body larger than"):
-            await StsClient(http).get_caller_identity(request, cluster_id="c1")
+            await StsClient(transport).get_caller_identity(request, cluster_id="c1")
         assert transport.open_connections == 0
 
 
@@ -586,7 +586,7 @@ async def test_sts_client_over_h11_transport_against_moto(
     credentials = Credentials(iam_user.access_key_id, iam_user.secret_access_key)
     policy = EndpointPolicy.create(partition="aws", extra_origins=[sts_front.url])
     transport = H11Transport()
-    async with client(transport) as http:
+    async with transport:
         for _ in range(2):
             presigned = AWSRequest(
                 method="GET",
@@ -595,7 +595,9 @@ async def test_sts_client_over_h11_transport_against_moto(
             )
             SigV4QueryAuth(credentials, "sts", "us-east-1", expires=60).add_auth(presigned)
             request = verify(encode(str(presigned.url)), now=datetime.now(UTC), policy=policy)
-            identity = await StsClient(http).get_caller_identity(request, cluster_id="cluster-1")
+            identity = await StsClient(transport).get_caller_identity(
+                request, cluster_id="cluster-1"
+            )
             assert identity.arn == iam_user.arn
             assert identity.access_key_id == iam_user.access_key_id
         assert transport.open_connections == 1 and transport.idle_connections == 1
@@ -621,8 +623,8 @@ async def test_sts_client_classifies_redirect_timeout_and_cut_body() -> None:
             await never.wait()
 
     transport = H11Transport()
-    async with serving(script) as server, client(transport, read=0.2) as http:
-        sts = StsClient(http)
+    async with serving(script) as server, transport:
+        sts = StsClient(transport, timeout=0.2)
         request = _presigned_for(server.url)
         with pytest.raises(StsUnavailableError, match="got 302") as redirect:
             await sts.get_caller_identity(request, cluster_id="c1")

@@ -71,9 +71,8 @@ class Proxies:
 class ProxyRouter(httpx.AsyncBaseTransport):
     """Sends each request directly or through a proxy transport, as `Proxies` decides.
 
-    Use it as `httpx.AsyncClient(transport=ProxyRouter(direct, proxies, through=...))`: the
-    client's timeouts and redirect policy apply either way. One proxy transport is made per
-    proxy URL, on first use; closing the router closes them and the direct one.
+    StsClient sends through it: the request's timeouts apply either way. One proxy transport
+    is made per proxy URL, on first use; closing the router closes them and the direct one.
     """
 
     def __init__(

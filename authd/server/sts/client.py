@@ -1,7 +1,8 @@
 """Ask STS who signed a verified presigned request, and turn its answer into an Identity.
 
-The one network adapter for GetCallerIdentity (E in docs/upstream-compat.md): a single GET over an
-injected `httpx.AsyncClient`, classified into the error kinds of authd 4 in docs/upstream-compat.md.
+The one network adapter for GetCallerIdentity (E in docs/upstream-compat.md): a single GET
+through an injected `httpx.AsyncBaseTransport`, classified into the error kinds of authd 4 in
+docs/upstream-compat.md.
 Retries, caching and rate limits belong to the caller.
 """
 
@@ -13,7 +14,6 @@ import socket
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator
-from http.cookiejar import CookieJar
 from typing import Any, cast
 from xml.parsers import expat
 
@@ -45,6 +45,13 @@ KEEPALIVE_EXPIRY = 5.0
 """Seconds an idle connection is kept for reuse (httpx's default)."""
 
 _FIELDS = ("arn", "account", "userid")
+# What httpx.AsyncClient would send by default (Go's transport also asks for gzip), and JSON:
+# real STS answers GetCallerIdentity in JSON when asked.
+_HEADERS = {
+    "accept": "application/json",
+    "accept-encoding": "gzip, deflate",
+    "user-agent": f"python-httpx/{httpx.__version__}",
+}
 # STS' error code, in its JSON (`"Code":"SignatureDoesNotMatch"`) or XML (`<Code>...</Code>`)
 # answer; codes are short CamelCase words, so anything else is not one.
 _ERROR_CODE = re.compile(
@@ -66,16 +73,22 @@ _ROLE_TYPES = (PrincipalType.ROLE, PrincipalType.ASSUMED_ROLE)
 class StsClient:
     """Calls STS GetCallerIdentity for tokens that passed `authd.token.verify`.
 
-    Every call goes through the `httpx.AsyncClient` it is given: the daemon's comes from
-    `open_sts_client` (pool, proxies, TLS), a test's may carry an `httpx.MockTransport`.
-    Redirects are never followed, whatever the client says: one could reach another host.
+    Every call is one `handle_async_request` on the `httpx.AsyncBaseTransport` it is given:
+    the daemon's comes from `open_sts_client` (pool, proxies, TLS), a test's may be an
+    `httpx.MockTransport`. No `httpx.AsyncClient` sits in between: STS needs none of its
+    cookie, redirect, auth or hook handling (Go's client, which upstream uses, has no cookie jar
+    and is told not to follow redirects), and it cost a third of a review's CPU
+    (docs/BENCHMARKS.md). Redirects are never followed: one could reach another host.
     """
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        """Use `http` for every call; the caller owns and closes it (its timeouts apply)."""
-        self._http = http
-        self._headers = {**http.headers, "accept": "application/json"}
-        self._extensions = {"timeout": http.timeout.as_dict()}
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, timeout: float = 5.0) -> None:
+        """Send every call through `transport`; the caller owns and closes it.
+
+        Args:
+            timeout: seconds, httpx's per-step timeout (connect, write, read, pool wait).
+        """
+        self._transport = transport
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
 
     async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
         """Send the presigned GET with this server's cluster ID and return who signed it.
@@ -98,14 +111,12 @@ class StsClient:
 
     async def _fetch(self, request: PresignedRequest, cluster_id: str) -> tuple[int, bytes, str]:
         """One GET, never following redirects; returns status, body and content type."""
-        headers = {**self._headers, CLUSTER_ID_HEADER: cluster_id}
+        headers = {**_HEADERS, CLUSTER_ID_HEADER: cluster_id}
         try:
-            # httpx.Request, not client.build_request: the client has no base URL, cookies or
-            # params to merge, and merging would parse the long presigned URL a second time.
             outgoing = httpx.Request(
                 "GET", request.url, headers=headers, extensions=self._extensions
             )
-            response = await self._http.send(outgoing, stream=True, follow_redirects=False)
+            response = await self._transport.handle_async_request(outgoing)
         except httpx.HTTPError as exc:
             raise StsUnavailableError(
                 f"error during GET: {_cause(exc)} on {request.region_label} endpoint",
@@ -115,6 +126,7 @@ class StsClient:
             # A URL that passed the local checks but that httpx or the resolver cannot use (a
             # host label idna cannot encode): the token is malformed, a definitive denial.
             raise TokenFormatError(f"unusable pre-signed URL host {request.host}: {exc}") from exc
+        response.request = outgoing
         try:
             body = await _read_body(response)
         finally:
@@ -156,29 +168,8 @@ async def open_sts_client(
             proxy=proxy, verify=context, limits=_limits(max_connections), trust_env=False
         )
 
-    router = ProxyRouter(direct, proxies, through=through)
-    client = httpx.AsyncClient(
-        transport=router,
-        timeout=httpx.Timeout(step_timeout),
-        follow_redirects=False,
-        cookies=_NoCookies(),
-        trust_env=False,  # the proxies were read once, by the CLI; nothing else from the env
-    )
-    async with client:
-        yield StsClient(client)
-
-
-class _NoCookies(CookieJar):
-    """A jar that keeps nothing: STS calls carry no cookies (StsClient builds its requests
-    without the client's jar), so storing them would be work for nothing: about 25 µs a call,
-    which httpx spends on every answer. Go's client, which upstream uses, has no jar either.
-    """
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        """Keep no cookie from `response`."""
-
-    def add_cookie_header(self, request: Any) -> None:
-        """Add no cookie to `request`."""
+    async with ProxyRouter(direct, proxies, through=through) as router:
+        yield StsClient(router, timeout=step_timeout)
 
 
 def _limits(max_connections: int) -> httpx.Limits:

@@ -3,8 +3,7 @@
 authd sends one GET to STS per new token, so the cost of that GET is a large part of a review.
 httpx's default transport (httpcore) scans every pooled connection with a `select()` on each
 request and goes through several layers per read; this transport keeps the same interface
-(`httpx.AsyncClient(transport=H11Transport())`, httpx's timeouts and exceptions) and does only
-what one GET needs:
+(`httpx.AsyncBaseTransport`, httpx's timeouts and exceptions) and does only what one GET needs:
 
 - one pool per origin (scheme, host, port), idle connections kept LIFO: checkout pops the most
   recently used one and polls only that socket, so it is O(1) however many are idle;
@@ -21,7 +20,7 @@ what one GET needs:
   ReadTimeout, RemoteProtocolError, ...), so callers classify errors as they would with httpx.
 
 It is an `httpx.AsyncBaseTransport` and nothing else: StsClient sends through
-`httpx.AsyncClient` whatever the transport, so tests with `httpx.MockTransport` run the same
+`handle_async_request` whatever the transport, so tests with `httpx.MockTransport` run the same
 code. Requests that must go through a proxy are routed to httpx's own proxy transport
 (authd/server/proxies.py); this one connects directly. The server benchmark measures it
 against httpx's `AsyncHTTPTransport` (docs/BENCHMARKS.md, the server section).
@@ -57,8 +56,8 @@ _COALESCE_BYTES: Final = 64 * 1024
 class H11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over trio TCP (and TLS) streams with a bounded keep-alive pool.
 
-    Use it as `httpx.AsyncClient(transport=H11Transport(), timeout=...)`; close the client (or
-    the transport) to close the idle connections.
+    Give it to `StsClient` (or to an `httpx.AsyncClient`); close it to close the idle
+    connections. Timeouts come with each request (httpx's `timeout` extension).
     """
 
     def __init__(
@@ -361,7 +360,7 @@ class _Connection:
                 await self._write(end, within)
             return
         if not isinstance(stream, httpx.AsyncByteStream):
-            raise TypeError("H11Transport serves httpx.AsyncClient only")
+            raise TypeError("H11Transport sends httpx byte streams only")
         await self._write(head or b"", within)
         chunks = stream.__aiter__()
         try:
