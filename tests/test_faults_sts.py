@@ -22,6 +22,7 @@ answer is never retried, nor is a name that does not resolve. docs/RELIABILITY.m
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -44,6 +45,7 @@ def _identity_json(identity: dict[str, str]) -> bytes:
     return json.dumps({"GetCallerIdentityResponse": {"GetCallerIdentityResult": identity}}).encode()
 
 
+GZIP_BOMB = gzip.compress(b"\0" * HUGE, 9)  # 50 KiB that decode to 50 MB
 THROTTLING_JSON = (
     b'{"Error":{"Code":"Throttling","Message":"Rate exceeded","Type":"Sender"},'
     b'"RequestId":"00000000-0000-0000-0000-000000000000"}'
@@ -97,6 +99,13 @@ ROWS = [
     Row(
         "invalid JSON",
         (Fault.answer(b'{"GetCallerIdentityResponse": {'),),
+        503,
+        "sts_unavailable",
+        1,
+    ),
+    Row(
+        "gzip bomb (50 KiB decoding to 50 MB)",
+        (Fault.answer(GZIP_BOMB, encoding="gzip"),),
         503,
         "sts_unavailable",
         1,
@@ -269,6 +278,21 @@ def test_huge_body_is_not_read_to_its_end(setup: Setup) -> None:
         time.sleep(0.01)
     [sent] = standin.body_bytes_sent[before:]
     assert sent < HUGE  # the write failed: authd closed the connection
+
+
+def test_answers_are_read_as_sent_never_decoded(setup: Setup) -> None:
+    """authd asks STS for no content encoding, and refuses an encoded answer unread: decoding
+    it would expand each 64 KiB read of a gzip bomb to 64 MB before the size cap could see it
+    (a defect found by the gzip row above, fixed in authd/server/sts/client.py)."""
+    daemon, standin = setup.daemon, setup.standin
+    faulty = signature(0x7003)
+    standin.script_for(faulty, Fault.answer(GZIP_BOMB, encoding="gzip"))
+    status, _, answer = review(daemon, standin.token(signature=faulty))
+    assert status == 503
+    assert answer["error"].startswith("sts_unavailable: ")
+    assert 'content encoding "gzip" was not asked for' in answer["error"]
+    asked = {seen.accept_encoding for seen in standin.requests if seen.signature == faulty}
+    assert asked == {"identity"}
 
 
 def test_only_a_refusal_of_the_token_itself_is_remembered(setup: Setup) -> None:

@@ -12,8 +12,8 @@ once the script is used up), so a test says "reset, then 503, then answer" exact
 - `RESET`: close the connection with a TCP reset, no answer.
 - `Fault.hold()`: answer only once `release()` is called (or the client gives up).
 - `Fault.slow(seconds)`: answer after a delay.
-- `Fault.answer(body, content_type)`: 200 with that body (bad JSON or XML, an ARN that does
-  not parse, ...).
+- `Fault.answer(body, content_type, encoding)`: 200 with that body (bad JSON or XML, an ARN
+  that does not parse, a gzip bomb with `encoding="gzip"`, ...).
 - `Fault.trickle(interval)`: 200 and its headers at once, then the identity one byte every
   `interval` seconds (a body that outlasts any deadline).
 - `Fault.huge(size)`: 200 announcing `size` bytes and sending them until the client hangs up;
@@ -72,6 +72,7 @@ class Fault:
     status: int = 200
     body: bytes = b""
     content_type: str = "text/xml"
+    encoding: str = ""
     delay: float = 0.0
     size: int = 0
     gate: threading.Event | None = None
@@ -92,9 +93,9 @@ class Fault:
         return Fault(kind="slow", delay=seconds)
 
     @staticmethod
-    def answer(body: bytes, content_type: str = "application/json") -> Fault:
-        """Answer 200 with `body` instead of the identity."""
-        return Fault(kind="answer", body=body, content_type=content_type)
+    def answer(body: bytes, content_type: str = "application/json", encoding: str = "") -> Fault:
+        """Answer 200 with `body` (sent with `Content-Encoding: encoding` if given)."""
+        return Fault(kind="answer", body=body, content_type=content_type, encoding=encoding)
 
     @staticmethod
     def trickle(interval: float) -> Fault:
@@ -124,6 +125,7 @@ class Seen:
     cluster_id: str
     fault: str
     signature: str = ""
+    accept_encoding: str = ""
 
 
 class StsStandIn:
@@ -202,7 +204,7 @@ class StsStandIn:
         )
         return "k8s-aws-v1." + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
 
-    def _next(self, cluster_id: str, signature: str) -> Fault:
+    def _next(self, cluster_id: str, signature: str, accept_encoding: str) -> Fault:
         with self._lock:
             accepted = self.accept_cluster_ids
             own = self._scripts.get(signature)
@@ -212,7 +214,12 @@ class StsStandIn:
                 fault = own.popleft()
             else:
                 fault = self._script.popleft() if self._script else OK
-            seen = Seen(cluster_id=cluster_id, fault=fault.kind, signature=signature)
+            seen = Seen(
+                cluster_id=cluster_id,
+                fault=fault.kind,
+                signature=signature,
+                accept_encoding=accept_encoding,
+            )
             self.requests.append(seen)
             return fault
 
@@ -231,7 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, b"stand-in answers GetCallerIdentity only")
             return
         fault = self.standin._next(
-            self.headers.get("x-k8s-aws-id", ""), query.get("X-Amz-Signature", "")
+            self.headers.get("x-k8s-aws-id", ""),
+            query.get("X-Amz-Signature", ""),
+            self.headers.get("accept-encoding", ""),
         )
         if fault.gate is not None:
             while not (fault.gate.wait(0.05) or self.standin._closing.is_set()):
@@ -250,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, fault.body, content_type=fault.content_type)
             return
         if fault.kind == "answer":
-            self._send(200, fault.body, content_type=fault.content_type)
+            self._send(200, fault.body, content_type=fault.content_type, encoding=fault.encoding)
             return
         answer = {"GetCallerIdentityResponse": {"GetCallerIdentityResult": self.standin.identity}}
         body = json.dumps(answer).encode()
@@ -298,10 +307,14 @@ class _Handler(BaseHTTPRequestHandler):
             with self.standin._lock:
                 self.standin.body_bytes_sent.append(sent)
 
-    def _send(self, status: int, body: bytes, *, content_type: str = "text/plain") -> None:
+    def _send(
+        self, status: int, body: bytes, *, content_type: str = "text/plain", encoding: str = ""
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -74,7 +74,12 @@ class StsClient:
     def __init__(self, http: httpx.AsyncClient) -> None:
         """Use `http` for every call; the caller owns and closes it (its timeouts apply)."""
         self._http = http
-        self._headers = {**http.headers, "accept": "application/json"}
+        # identity: the body is read raw, so no answer can be expanded past MAX_BODY_BYTES.
+        self._headers = {
+            **http.headers,
+            "accept": "application/json",
+            "accept-encoding": "identity",
+        }
         self._extensions = {"timeout": http.timeout.as_dict()}
 
     async def get_caller_identity(self, request: PresignedRequest, *, cluster_id: str) -> Identity:
@@ -206,10 +211,19 @@ def _direct_transport(
 
 
 async def _read_body(response: httpx.Response) -> bytes:
-    """Read the (decoded) body, at most MAX_BODY_BYTES of it."""
-    # httpx types aiter_bytes as an iterator; it is an async generator, and leaving it early
-    # must finalise it now (aclosing), not whenever it is garbage-collected.
-    stream = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    """Read the body as sent, at most MAX_BODY_BYTES of it; a content-encoded body is refused.
+
+    authd asks for `identity` (an answer is under 1 KiB: compression would gain nothing) and
+    reads raw bytes: decoding first would expand each 64 KiB read up to a thousandfold (64 MB of
+    gzipped zeros) before the cap could see it.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise StsUnavailableError(
+            f"error reading HTTP result: content encoding {go_quote(encoding)} was not asked for",
+            status=response.status_code,
+        )
+    stream = _raw_chunks(response)
     try:
         async with contextlib.aclosing(stream):
             return await _collect(stream, status=response.status_code)
@@ -217,6 +231,19 @@ async def _read_body(response: httpx.Response) -> bytes:
         raise StsUnavailableError(
             f"error reading HTTP result: {_cause(exc)}", status=response.status_code
         ) from exc
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The body's bytes as sent; one piece when httpx has read it already (MockTransport)."""
+    if response.is_stream_consumed:
+        yield response.content
+        return
+    # httpx types aiter_raw as an iterator; it is an async generator, and leaving it early
+    # must finalise it now (aclosing), not whenever it is garbage-collected.
+    raw = cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+    async with contextlib.aclosing(raw):
+        async for chunk in raw:
+            yield chunk
 
 
 async def _collect(stream: AsyncGenerator[bytes, None], *, status: int) -> bytes:
