@@ -11,9 +11,14 @@ class LoopbackServer:
     """`handler` served from a daemon thread on a free loopback port, until `stop()`."""
 
     def __init__(
-        self, handler: type[BaseHTTPRequestHandler], *, tls: ssl.SSLContext | None = None
+        self,
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        tls: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        """Serve `handler` on `port` (0: a free one; a server restarting passes its old one)."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
@@ -25,6 +30,11 @@ class LoopbackServer:
     def url(self) -> str:
         """`http(s)://127.0.0.1:<port>`."""
         return f"{self._scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        """The port served."""
+        return int(self._server.server_address[1])
 
     def stop(self) -> None:
         """Stop serving, close the socket, wait for the thread."""

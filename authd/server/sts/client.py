@@ -45,11 +45,12 @@ KEEPALIVE_EXPIRY = 5.0
 """Seconds an idle connection is kept for reuse (httpx's default)."""
 
 _FIELDS = ("arn", "account", "userid")
-# What httpx.AsyncClient would send by default (Go's transport also asks for gzip), and JSON:
-# real STS answers GetCallerIdentity in JSON when asked.
+# JSON: real STS answers GetCallerIdentity in JSON when asked. No compression (Go's transport
+# asks for gzip): an answer is under 1 KiB, and a raw read keeps the size cap honest.
 _HEADERS = {
     "accept": "application/json",
-    "accept-encoding": "gzip, deflate",
+    # identity: the body is read raw, so no answer can be expanded past MAX_BODY_BYTES.
+    "accept-encoding": "identity",
     "user-agent": f"python-httpx/{httpx.__version__}",
 }
 # STS' error code, in its JSON (`"Code":"SignatureDoesNotMatch"`) or XML (`<Code>...</Code>`)
@@ -197,10 +198,19 @@ def _direct_transport(
 
 
 async def _read_body(response: httpx.Response) -> bytes:
-    """Read the (decoded) body, at most MAX_BODY_BYTES of it."""
-    # httpx types aiter_bytes as an iterator; it is an async generator, and leaving it early
-    # must finalise it now (aclosing), not whenever it is garbage-collected.
-    stream = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    """Read the body as sent, at most MAX_BODY_BYTES of it; a content-encoded body is refused.
+
+    authd asks for `identity` (an answer is under 1 KiB: compression would gain nothing) and
+    reads raw bytes: decoding first would expand each 64 KiB read up to a thousandfold (64 MB of
+    gzipped zeros) before the cap could see it.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise StsUnavailableError(
+            f"error reading HTTP result: content encoding {go_quote(encoding)} was not asked for",
+            status=response.status_code,
+        )
+    stream = _raw_chunks(response)
     try:
         async with contextlib.aclosing(stream):
             return await _collect(stream, status=response.status_code)
@@ -208,6 +218,19 @@ async def _read_body(response: httpx.Response) -> bytes:
         raise StsUnavailableError(
             f"error reading HTTP result: {_cause(exc)}", status=response.status_code
         ) from exc
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The body's bytes as sent; one piece when httpx has read it already (MockTransport)."""
+    if response.is_stream_consumed:
+        yield response.content
+        return
+    # httpx types aiter_raw as an iterator; it is an async generator, and leaving it early
+    # must finalise it now (aclosing), not whenever it is garbage-collected.
+    raw = cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+    async with contextlib.aclosing(raw):
+        async for chunk in raw:
+            yield chunk
 
 
 async def _collect(stream: AsyncGenerator[bytes, None], *, status: int) -> bytes:

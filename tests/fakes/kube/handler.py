@@ -77,6 +77,14 @@ def handler_for(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             del format, args
 
+        def setup(self) -> None:
+            super().setup()
+            api._connected(self.connection, open_=True)
+
+        def finish(self) -> None:
+            api._connected(self.connection, open_=False)
+            super().finish()
+
         def do_GET(self) -> None:
             self._serve()
 

@@ -5,15 +5,18 @@ CRDs it is given (by default IAMIdentityMapping from `config/crd-iamidentitymapp
 the wire protocol a real server speaks, so kubectl and any client can drive it. Watches are
 `Transfer-Encoding: chunked` streams of one JSON event per line. The methods under "test
 controls" are thread-safe and change what clients see: compaction, dropped or stalled watches,
-bookmarks, injected failures, tokens and grants, and writes "by another client".
+bookmarks, injected failures, a crash and restart on the same port, tokens and grants, and writes
+"by another client".
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
 import json
+import socket
 import ssl
 import tempfile
 import uuid
@@ -68,6 +71,8 @@ class FakeApiServer:
         context.load_cert_chain(self.ca_file, key_file)
         self._context = context
         self._server: LoopbackServer | None = None
+        self._port = 0
+        self._connections: set[socket.socket] = set()
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self.store = Store()
         self.registry = Registry(self.store, clock=self.clock)
@@ -102,8 +107,23 @@ class FakeApiServer:
         return self._server.url
 
     def start(self) -> None:
-        """Serve in a background thread."""
-        self._server = LoopbackServer(handler_for(self), tls=self._context)
+        """Serve in a background thread (on the port served before, after a `crash()`)."""
+        self._server = LoopbackServer(handler_for(self), tls=self._context, port=self._port)
+        self._port = self._server.port
+
+    def crash(self) -> None:
+        """Die as a killed kube-apiserver does: stop listening and cut every connection, open
+        watches without their closing chunk. The store (etcd) and the serving certificate stay;
+        `start()` serves them again on the same port, as the restarted process would."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self.watch.drop(mid_event=False)
+        with self.store.cond:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         """End every watch cleanly, stop serving and remove the certificate files."""
@@ -202,6 +222,15 @@ class FakeApiServer:
         """Answer the next `count` resource requests (matching `verb`/`resource`) with `code`."""
         with self.store.cond:
             self._failures.append(_Failure(code, count, verb, resource))
+
+    def clear_failures(self) -> None:
+        """Forget the failures `fail_next` injected and not yet served."""
+        with self.store.cond:
+            self._failures.clear()
+
+    def garble_watches(self) -> None:
+        """Send one line that is not a JSON event on every open watch (a corrupt object)."""
+        self.watch.garble()
 
     def compact(self) -> int:
         """Drop the event history: watches and lists from older resourceVersions get 410."""
@@ -304,6 +333,14 @@ class FakeApiServer:
                     self._failures = [f for f in self._failures if f.count > 0]
                     return status.injected(failure.code)
         return None
+
+    def _connected(self, connection: socket.socket, *, open_: bool) -> None:
+        """Track the open connections (a `crash()` cuts them)."""
+        with self.store.cond:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
 
     def _record(self, record: RequestRecord) -> None:
         with self.store.cond:

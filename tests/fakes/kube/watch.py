@@ -57,7 +57,7 @@ class WatchControls:
         self.store = store
         self.expired_as = expired_as
         self.bookmark_interval = bookmark_interval
-        self.drop_epoch = self.end_epoch = self.bookmark_epoch = 0
+        self.drop_epoch = self.end_epoch = self.bookmark_epoch = self.garble_epoch = 0
         self.drop_mid = False
         self.stall_until = 0.0
         self.closing = False
@@ -81,6 +81,10 @@ class WatchControls:
         """A bookmark on every open watch that allows them."""
         self._change(bookmark_epoch=self.bookmark_epoch + 1)
 
+    def garble(self) -> None:
+        """One line that is not a JSON event on every open watch."""
+        self._change(garble_epoch=self.garble_epoch + 1)
+
     def stall(self, seconds: float | None) -> None:
         """Hold every watch for `seconds` (None: until `stall(0)`)."""
         until = math.inf if seconds is None else (time.monotonic() + seconds if seconds else 0.0)
@@ -94,6 +98,10 @@ class WatchControls:
         """Wait until `count` watches are streaming."""
         with self.store.cond:
             return self.store.cond.wait_for(lambda: self.open >= count, timeout=timeout)
+
+
+GARBLED = b'{"type":"MODIFIED","object":{"metadata":{"name":\x00 not JSON\n'
+"""What `garble()` sends: one line (one chunk) that no JSON decoder accepts."""
 
 
 def _line(kind: str, obj: Doc) -> bytes:
@@ -152,7 +160,12 @@ class WatchStream:
         """Stream until timeout, a control, or the client going away."""
         with self.c.store.cond:
             lines, expired = self._start_locked()
-            epochs = (self.c.drop_epoch, self.c.end_epoch, self.c.bookmark_epoch)
+            epochs = (
+                self.c.drop_epoch,
+                self.c.end_epoch,
+                self.c.bookmark_epoch,
+                self.c.garble_epoch,
+            )
             self.c.open += 1
             self.c.store.cond.notify_all()
         try:
@@ -209,8 +222,8 @@ class WatchStream:
         self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.h.wfile.flush()
 
-    def _loop(self, epochs: tuple[int, int, int]) -> None:
-        self._drop, self._end, self._bookmark_seen = epochs
+    def _loop(self, epochs: tuple[int, int, int, int]) -> None:
+        self._drop, self._end, self._bookmark_seen, self._garble = epochs
         self._next_bookmark = time.monotonic() + (self.c.bookmark_interval or math.inf)
         while True:
             with self.c.store.cond:
@@ -239,6 +252,9 @@ class WatchStream:
             return control
         if self.c.stall_until > now:
             return None
+        if self.c.garble_epoch != self._garble:
+            self._garble = self.c.garble_epoch
+            return "send", [GARBLED]
         try:
             lines = self._pending()
         except status.ApiError as error:
