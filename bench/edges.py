@@ -46,7 +46,7 @@ RENDER_RUNS = 50
 STATUS_CODES = (200, 400, 403, 429, 500, 503)
 
 
-def _gauge(port: int, context: ssl.SSLContext, name: str) -> float:
+def gauge(port: int, context: ssl.SSLContext, name: str) -> float:
     """One unlabeled sample from the daemon's /metrics."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
@@ -73,26 +73,40 @@ def measure_rss() -> dict[str, float]:
         if status != 200:
             raise BenchError(f"authd answered {status} to a fresh token")
         start = rss_mib(process.pid)
-        rate = 2000.0
-        while (served := sum(decisions(port, context).values())) < REVIEWS:
-            seconds = max(2, min(30, math.ceil((REVIEWS - served) / rate) + 1))
-            per_thread = math.ceil(rate * 2 * seconds / THREADS) + 500
-            tokens.write(work / "tokens", per_thread=per_thread)
-            result = run_wrk(wrk, port, ["tokens", str(work / "tokens")], seconds=seconds)
-            if result.errors or result.short:
-                raise BenchError(f"wrk: {result.errors} errors, {result.short} tokens short")
-            rate = max(rate, result.rate)
-            print(f"served {served:.0f}; {result.rate:.0f}/s", file=sys.stderr)
-        counts = decisions(port, context)
-        if counts.get("allow", 0.0) != sum(counts.values()):
-            raise BenchError(f"authd did not allow every review: {counts}")
+        counts = serve_distinct(wrk, port, context, tokens, work, until=REVIEWS)
         return {
             "reviews": sum(counts.values()),
             "start": start,
             "end": rss_mib(process.pid),
-            "entries": _gauge(port, context, "authd_identity_cache_entries"),
-            "bytes": _gauge(port, context, "authd_identity_cache_bytes"),
+            "entries": gauge(port, context, "authd_identity_cache_entries"),
+            "bytes": gauge(port, context, "authd_identity_cache_bytes"),
         }
+
+
+def serve_distinct(
+    wrk: str, port: int, context: ssl.SSLContext, tokens: Tokens, work: Path, *, until: int
+) -> dict[str, float]:
+    """Send never-repeated tokens with wrk until the daemon has answered `until` reviews in all.
+
+    Returns its reviews by decision (it overshoots `until` by up to a few seconds of reviews).
+
+    Raises:
+        BenchError: wrk failed or ran short of tokens, or a review was not allowed.
+    """
+    rate = 2000.0
+    while (served := sum(decisions(port, context).values())) < until:
+        seconds = max(2, min(30, math.ceil((until - served) / rate) + 1))
+        per_thread = math.ceil(rate * 2 * seconds / THREADS) + 500
+        tokens.write(work / "tokens", per_thread=per_thread)
+        result = run_wrk(wrk, port, ["tokens", str(work / "tokens")], seconds=seconds)
+        if result.errors or result.short:
+            raise BenchError(f"wrk: {result.errors} errors, {result.short} tokens short")
+        rate = max(rate, result.rate)
+        print(f"served {served:.0f}; {result.rate:.0f}/s", file=sys.stderr)
+    counts = decisions(port, context)
+    if counts.get("allow", 0.0) != sum(counts.values()):
+        raise BenchError(f"authd did not allow every review: {counts}")
+    return counts
 
 
 def _stamp() -> str:

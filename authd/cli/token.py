@@ -19,18 +19,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from authd.cli.common import pick
-from authd.client.options import TokenOptions
-from authd.client.tokencache import (
-    TokenCache,
-    TokenKey,
-    aws_config_file,
-    aws_credentials_file,
-    default_directory,
-)
 from authd.errors import ClientError, ConfigError
 from authd.gotext import parse_bool
 
 if TYPE_CHECKING:
+    from authd.client.options import TokenOptions
     from authd.config.client import ClientFileSettings
 
 MFA_PROMPT = "Assume Role MFA token code: "
@@ -118,6 +111,14 @@ def _cached_or_fresh(settings: TokenSettings, env: Mapping[str, str]) -> tuple[s
 
         fresh = presign.get_token(settings.options, env=env, prompt=_mfa_prompt)
         return fresh.token, fresh.expiration
+    from authd.client.tokencache import (  # the parser stays light for `authd server`
+        TokenCache,
+        TokenKey,
+        aws_config_file,
+        aws_credentials_file,
+        default_directory,
+    )
+
     key = TokenKey.build(settings.options, env=env)
     cache = TokenCache(
         directory=default_directory(env),
@@ -240,6 +241,8 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> TokenS
         ConfigError: no cluster ID, several, both session-name options, or a bad config file
             (with its path, line and key).
     """
+    from authd.client.options import TokenOptions
+
     # Without --config nothing of authd.config is imported: PyYAML costs a cache hit 20 ms.
     file = load_config(args.config) if args.config else None
     cluster_id = _cluster_id(args.cluster_id, env, file.cluster_id if file else None)

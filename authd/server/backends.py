@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -36,8 +36,6 @@ from authd.errors import AuthdError
 from authd.mapping.chain import Backend, MapperChain
 from authd.metrics import Metrics
 from authd.names import KUBE_BACKENDS
-from authd.server.kube.client import KubeClient
-from authd.server.kubebackends import ConfigMapBackend, CrdBackend, KubeBackend
 from authd.server.reload import (
     DirectoryWatcher,
     FileReloader,
@@ -47,9 +45,14 @@ from authd.server.reload import (
 )
 from authd.server.targets import BackendModeTarget, ConfigTarget, DynamicTarget
 
+if TYPE_CHECKING:
+    # The Kubernetes modules load with the first Kubernetes backend (docs/memory.md).
+    from authd.server.kube.client import KubeClient
+    from authd.server.kubebackends import KubeBackend
+
 log = structlog.get_logger("authd.backends")
 
-KubeOpener = Callable[[], AbstractAsyncContextManager[KubeClient]]
+KubeOpener = Callable[[], "AbstractAsyncContextManager[KubeClient]"]
 
 
 class Backends:
@@ -195,6 +198,8 @@ class Backends:
         elif name == "DynamicFile":
             await self._start_dynamic_file()
         elif name in KUBE_BACKENDS:
+            from authd.server.kubebackends import ConfigMapBackend, CrdBackend
+
             client = await self._kube_client()
             source: KubeBackend[Any]
             gates = self._settings.feature_gates

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -33,13 +34,14 @@ from authd.server.authenticator import Authenticator
 from authd.server.backends import Backends, KubeOpener
 from authd.server.ec2 import open_server_private_dns_names
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
-from authd.server.kube.client import KubeClient
-from authd.server.kube.connection import connection_from, open_client
 from authd.server.proxies import Proxies
 from authd.server.sdnotify import Notifier
 from authd.server.sts.client import open_sts_client
 from authd.server.sts.guard import StsProtection
 from authd.token import EndpointPolicy
+
+if TYPE_CHECKING:
+    from authd.server.kube.client import KubeClient
 
 log = structlog.get_logger("authd.server")
 
@@ -69,6 +71,8 @@ def kube_opener(settings: ServerSettings, env: Mapping[str, str]) -> KubeOpener:
     """
 
     def opener() -> AbstractAsyncContextManager[KubeClient]:
+        from authd.server.kube.connection import connection_from, open_client
+
         connection = connection_from(
             kubeconfig=settings.kubeconfig, master=settings.master, env=env
         )

@@ -9,12 +9,13 @@ one in the file, as upstream takes `Certificate[0]`).
 from __future__ import annotations
 
 import base64
+import binascii
 import os
+import re
+import ssl
 from pathlib import Path
 
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from authd.errors import ConfigError
 from authd.files import write_atomic
@@ -65,13 +66,53 @@ def render_kubeconfig(*, cert_pem: bytes, hostname: str, port: int) -> str:
     Raises:
         ConfigError: `cert_pem` holds no PEM certificate, or hostname/port are unusable.
     """
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise ConfigError(f"could not create webhook kubeconfig: bad certificate: {exc}") from exc
-    leaf_pem = cert.public_bytes(serialization.Encoding.PEM)
+    leaf_pem = _first_certificate(cert_pem)
+    if leaf_pem is None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise ConfigError(
+                f"could not create webhook kubeconfig: bad certificate: {exc}"
+            ) from exc
+        leaf_pem = cert.public_bytes(serialization.Encoding.PEM)
     ca = base64.standard_b64encode(leaf_pem).decode("ascii")
     return _TEMPLATE.format(ca=ca, url=server_url(hostname=hostname, port=port))
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"\s*-----BEGIN CERTIFICATE-----\r?\n((?:[A-Za-z0-9+/=]+\r?\n)+)-----END CERTIFICATE-----\s*"
+)
+
+
+def _first_certificate(cert_pem: bytes) -> bytes | None:
+    """The first certificate of `cert_pem` re-encoded as PEM, without loading cryptography.
+
+    Only a file made of nothing but well-formed PEM certificates, each of which OpenSSL parses,
+    is read here; for anything else this returns None and cryptography reads the file and names
+    what is wrong (docs/memory.md). The PEM is the one cryptography writes: 64-column base64.
+    """
+    ders: list[bytes] = []
+    position = 0
+    while position < len(cert_pem):
+        block = _PEM_CERTIFICATE.match(cert_pem, position)
+        if block is None or block.end() == position:
+            return None
+        try:
+            ders.append(base64.b64decode(b"".join(block[1].split()), validate=True))
+        except binascii.Error:
+            return None
+        position = block.end()
+    if not ders:
+        return None
+    try:
+        for der in ders:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except (ssl.SSLError, ValueError):
+        return None
+    return ssl.DER_cert_to_PEM_cert(ders[0]).encode("ascii")
 
 
 def write_kubeconfig(path: str | os.PathLike[str], text: str) -> bool:

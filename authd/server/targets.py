@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,11 +21,13 @@ from authd.config.settings import parse_backend_modes
 from authd.config.yamlevents import read_tree
 from authd.errors import ConfigError
 from authd.mapping.chain import Backend
-from authd.mapping.dynamicfile import DynamicFileTable
 from authd.mapping.file import MountedFileTable
 from authd.mapping.lint import Finding, KindError, lint_text
 from authd.metrics import Metrics
 from authd.server.reload import Change
+
+if TYPE_CHECKING:
+    from authd.mapping.dynamicfile import DynamicFileTable
 
 log = structlog.get_logger("authd.backends")
 
@@ -219,6 +222,8 @@ class DynamicTarget:
 
         The version's `authd validate` findings are logged first, whether or not it is refused.
         """
+        from authd.mapping.dynamicfile import DynamicFileTable  # only with a DynamicFile
+
         settings = self._settings
         log_findings(lint(data, path=settings.dynamicfile_path, settings=settings))
         return DynamicFileTable.from_bytes(

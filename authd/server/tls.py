@@ -23,16 +23,15 @@ import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authd.errors import ConfigError
 from authd.files import write_atomic
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "CERT_FILE",
@@ -125,6 +124,13 @@ def generate_self_signed(
     Raises:
         ConfigError: `address` is neither empty nor an IP literal.
     """
+    # cryptography costs the daemon ~9 MiB of RSS; a start that reuses its pair never needs
+    # it (docs/memory.md).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     start = now or datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
@@ -169,6 +175,8 @@ def subject_alt_names(*, address: str, hostname: str) -> x509.SubjectAlternative
     Raises:
         ConfigError: `address` is neither empty nor an IP literal.
     """
+    from cryptography import x509
+
     ips: list[IPAddress] = []
     dns: list[str] = []
     addr_ip = _parse_ip(address) if address else None
@@ -281,9 +289,21 @@ def _parse_ip(text: str) -> IPAddress | None:
 
 
 def _load_existing(cert_path: Path, key_path: Path) -> KeyPair:
-    """Read and check an existing pair; any problem is a ConfigError naming the file."""
+    """Read and check an existing pair; any problem is a ConfigError naming the file.
+
+    A pair OpenSSL loads as a server's certificate chain and unencrypted matching key is
+    taken as it is, without loading cryptography (docs/memory.md); any other is
+    checked with cryptography, whose errors name what is wrong.
+    """
     cert_pem = _read(cert_path)
     key_pem = _read(key_path)
+    pair = KeyPair(cert_pem=cert_pem, key_pem=key_pem, cert_path=cert_path, key_path=key_path)
+    if _openssl_loads(cert_path, key_path):
+        return pair
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
@@ -296,7 +316,25 @@ def _load_existing(cert_path: Path, key_path: Path) -> KeyPair:
     der = serialization.Encoding.DER
     if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
         raise _bad(key_path, f"private key does not match the certificate in {cert_path}")
-    return KeyPair(cert_pem=cert_pem, key_pem=key_pem, cert_path=cert_path, key_path=key_path)
+    return pair
+
+
+def _openssl_loads(cert_path: Path, key_path: Path) -> bool:
+    """Whether OpenSSL loads the pair: PEM certificate(s), an unencrypted key, and they match.
+
+    An encrypted key is refused without asking for a password (OpenSSL would otherwise prompt
+    on the terminal).
+    """
+
+    def no_password() -> bytes:
+        raise ValueError("the key is encrypted")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_path, key_path, password=no_password)
+    except (OSError, ValueError, ssl.SSLError):
+        return False
+    return True
 
 
 def _read(path: Path) -> bytes:
