@@ -22,6 +22,8 @@ BENCHES: dict[str, str] = {
     "flood": "bench.flood",
     "kube": "bench.kube",
     "watcher": "bench.watcher",
+    "abuse": "bench.abuse",
+    "crash": "bench.crash",
 }
 
 
