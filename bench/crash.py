@@ -3,8 +3,9 @@
 tests/crashkit.py does the work (tests/test_crash_safety.py runs fewer rounds of the same):
 a warm fork server forks real `authd` command-line children and SIGKILLs them at random points
 inside their writes. Kinds: `authd init` in an empty directory (the state the server's first
-start writes: cert, key, webhook kubeconfig) and `authd token --cache` replacing a stale cached
-token. After each kill the next start runs to the end and its result is checked
+start writes: cert, key, webhook kubeconfig), `authd server`'s first start itself (each next
+start is waited for until it accepts connections, then stopped), and `authd token --cache`
+replacing a stale cached token. After each kill the next start runs and its result is checked
 (docs/RELIABILITY.md, "Crash safety").
 """
 
@@ -39,9 +40,12 @@ def run(*, runs: int) -> str:
         try:
             state, state_s = crashkit.timed(crashkit.state_rounds, server, Path(tmp), ROUNDS)
             token, token_s = crashkit.timed(crashkit.token_rounds, server, Path(tmp), ROUNDS)
+            serve, serve_s = crashkit.timed(
+                crashkit.server_rounds, server, Path(tmp), ROUNDS, window=state.window
+            )
         finally:
             server.close()
-    failures = state.failures + token.failures
+    failures = state.failures + token.failures + serve.failures
     lines = [
         f"{report.now()}; {report.machine()}. `python -m bench crash`: real `authd` processes "
         "(forked from a warm one) killed with SIGKILL at a random point, 4 rounds in 5 inside "
@@ -53,6 +57,7 @@ def run(*, runs: int) -> str:
         "| left by the kill | temp files left | failures | time |",
         "|---|---|---|---|---|---|---|---|",
         _row("`authd init` (cert, key, kubeconfig)", state, state_s),
+        _row("`authd server` first start (same files)", serve, serve_s),
         _row("`authd token --cache` (stale entry replaced)", token, token_s),
         "",
         "State check: whatever the kill left is whole (cert and key, when both present, match; "
@@ -61,7 +66,12 @@ def run(*, runs: int) -> str:
         "the old one or a whole new one, and the next `authd token --cache` exits 0, prints a "
         "token and warns about nothing.",
         "",
-        f"**Failures: {len(failures)}** of {state.rounds + token.rounds} rounds.",
+        "Server check: as the state check, but the next start is `authd server`, which must "
+        "accept connections on its port and exit 0 on SIGTERM (its kill points use the "
+        "`authd init` calibration: the same `write_state`; a server never exits by itself, so "
+        "every round is killed).",
+        "",
+        f"**Failures: {len(failures)}** of {state.rounds + token.rounds + serve.rounds} rounds.",
     ]
     if failures:
         lines += ["", *[f"- {failure}" for failure in failures[:20]]]

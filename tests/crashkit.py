@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from typing import Any
 import yaml
 
 _SERVER = r"""
-import json, os, signal, sys, time
+import json, os, signal, socket, sys, time
 import authd.cli, authd.cli.init, authd.cli.token, authd.server.daemon
 import authd.client.presign, authd.client.tokencache, botocore.session, botocore.auth
 
@@ -99,6 +100,22 @@ for line in sys.stdin:
                         status = os.waitpid(pid, 0)[1]
                     break
             time.sleep(0.0001)
+    elif job["until_port"] is not None:
+        # A server: wait until it accepts on its port (or exits, or the timeout), then SIGTERM.
+        done = 0
+        while time.monotonic() - start < job["until_timeout"]:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", job["until_port"]), timeout=0.5).close()
+                first = time.monotonic() - start
+                break
+            except OSError:
+                time.sleep(0.01)
+        if not done:
+            os.kill(pid, signal.SIGTERM)
+            status = os.waitpid(pid, 0)[1]
     elif job["kill_after"] is None:
         status = os.waitpid(pid, 0)[1]
     else:
@@ -133,11 +150,15 @@ class ForkServer:
         env: Mapping[str, str],
         kill_after: float | None = None,
         watch: Path | None = None,
+        until_port: int | None = None,
+        until_timeout: float = 30.0,
     ) -> Child:
         """Run `authd ARGV` in `cwd`; SIGKILL it after `kill_after` seconds if still running.
 
         With `watch`, `Child.first_write` is when the first new entry appeared in that directory
-        (the writes began), and `kill_after` counts from then instead of from the fork.
+        (the writes began), and `kill_after` counts from then instead of from the fork. With
+        `until_port` (a server), the child gets SIGTERM once it accepts connections on that
+        port (`Child.first_write` is then when it did) or after `until_timeout` seconds.
         """
         assert self.proc.stdin is not None and self.proc.stdout is not None
         out, err = cwd.parent / f".{cwd.name}.out", cwd.parent / f".{cwd.name}.err"
@@ -149,6 +170,8 @@ class ForkServer:
             "err": str(err),
             "kill_after": kill_after,
             "watch": None if watch is None else str(watch),
+            "until_port": until_port,
+            "until_timeout": until_timeout,
         }
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
@@ -235,48 +258,111 @@ STATE_ARGV = ("init", "-i", "crash-test")
 KUBECONFIG = "aws-iam-authenticator.kubeconfig"
 
 
-def state_rounds(server: ForkServer, base: Path, rounds: int, *, seed: int = 1) -> Tally:
-    """`rounds` state rounds under `base` (see the module docstring)."""
-    rng = random.Random(seed)  # noqa: S311  # kill points, not secrets
-    home = base / "home"
+def calibrate_state(server: ForkServer, base: Path) -> tuple[float, float]:
+    """The write window of `authd init` in an empty directory (see `calibrate`)."""
+    home = base / "calibrate-home"
     home.mkdir(exist_ok=True)
     env = state_env(home)
     made = iter(range(10**9))
 
     def fresh() -> tuple[Sequence[str], Path, dict[str, str], Path]:
         cwd = base / f"calibrate-{next(made)}"
+        while cwd.exists():
+            cwd = base / f"calibrate-{next(made)}"
         cwd.mkdir()
         return STATE_ARGV, cwd, env, cwd
 
-    tally = Tally(window=calibrate(server, fresh))
+    return calibrate(server, fresh)
+
+
+def state_rounds(server: ForkServer, base: Path, rounds: int, *, seed: int = 1) -> Tally:
+    """`rounds` state rounds under `base` (see the module docstring)."""
+    rng = random.Random(seed)  # noqa: S311  # kill points, not secrets
+    home = base / "home"
+    home.mkdir(exist_ok=True)
+    env = state_env(home)
+    tally = Tally(window=calibrate_state(server, base))
     for number in range(rounds):
         cwd = base / f"round-{number}"
         cwd.mkdir()
         child = server.run(STATE_ARGV, cwd=cwd, env=env, **kill_point(rng, tally.window, cwd))
         tally.rounds += 1
         tally.killed += child.killed
-        tally.left[_state_left(cwd)] += 1
+        tally.left[_state_left(cwd, cwd / KUBECONFIG)] += 1
         tally.temp_files += sum(1 for p in cwd.iterdir() if p.name.endswith(".tmp"))
-        problem = check_state_files(cwd, complete=False)
+        problem = check_state_files(cwd, cwd / KUBECONFIG, complete=False)
         if problem is None:
             after = server.run(STATE_ARGV, cwd=cwd, env=env)
             if after.code != 0:
                 problem = f"next start exited {after.code}: {after.stderr.strip()[-300:]}"
             else:
-                problem = check_state_files(cwd, complete=True)
+                problem = check_state_files(cwd, cwd / KUBECONFIG, complete=True)
         if problem is not None:
             tally.failures.append(f"round {number} (killed={child.killed}): {problem}")
     return tally
 
 
-def _state_left(cwd: Path) -> str:
+def server_rounds(
+    server: ForkServer, base: Path, rounds: int, *, window: tuple[float, float], seed: int = 3
+) -> Tally:
+    """`authd server`'s first start killed during its writes (`window`: the state rounds'
+    calibration, the same `write_state`); then the next `authd server` start must accept
+    connections and exit 0 on SIGTERM, and the files must be whole and consistent."""
+    rng = random.Random(seed)  # noqa: S311  # kill points, not secrets
+    home = base / "server-home"
+    home.mkdir()
+    env = {**state_env(home), "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    tally = Tally(window=window)
+    first, end = window
+    for number in range(rounds):
+        cwd = base / f"server-{number}"
+        cwd.mkdir()
+        state, kube = cwd / "state", cwd / "kubeconfig.yaml"
+        port = _free_port()
+        argv = (
+            "server",
+            "-i",
+            "crash-test",
+            f"--state-dir={state}",
+            f"--generate-kubeconfig={kube}",
+            f"--port={port}",
+        )
+        offset = rng.uniform(0, (end - first) * 1.2)
+        child = server.run(argv, cwd=cwd, env=env, kill_after=offset, watch=state)
+        tally.rounds += 1
+        tally.killed += child.killed
+        tally.left[_state_left(state, kube)] += 1
+        tally.temp_files += sum(1 for p in state.iterdir() if p.name.endswith(".tmp"))
+        problem = check_state_files(state, kube, complete=False)
+        if problem is None:
+            after = server.run(argv, cwd=cwd, env=env, until_port=port)
+            if after.first_write is None:
+                problem = f"next start never accepted: {after.stderr.strip()[-300:]}"
+            elif after.code != 0:
+                problem = f"next start exited {after.code}: {after.stderr.strip()[-300:]}"
+            else:
+                problem = check_state_files(state, kube, complete=True)
+        if problem is not None:
+            tally.failures.append(f"round {number} (killed={child.killed}): {problem}")
+    return tally
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _state_left(state: Path, kube: Path) -> str:
     """Which of the three files the killed child left: e.g. `key`, `cert+key+kubeconfig`."""
-    files = (("cert", "cert.pem"), ("key", "key.pem"), ("kubeconfig", KUBECONFIG))
-    return "+".join(name for name, file in files if (cwd / file).exists()) or "nothing"
+    files = (("cert", state / "cert.pem"), ("key", state / "key.pem"), ("kubeconfig", kube))
+    return "+".join(name for name, path in files if path.exists()) or "nothing"
 
 
-def check_state_files(cwd: Path, *, complete: bool) -> str | None:
-    """None when the files in `cwd` are usable; else what is wrong.
+def check_state_files(state: Path, kube_path: Path, *, complete: bool) -> str | None:
+    """None when the cert and key in `state` and the kubeconfig `kube_path` are usable; else
+    what is wrong.
 
     Whatever is present must be whole: a certificate and key present together match; a
     kubeconfig present is YAML. With `complete`, all three must be present and the kubeconfig's
@@ -285,9 +371,9 @@ def check_state_files(cwd: Path, *, complete: bool) -> str | None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    cert_path, key_path, kube_path = cwd / "cert.pem", cwd / "key.pem", cwd / KUBECONFIG
+    cert_path, key_path = state / "cert.pem", state / "key.pem"
     if complete and not (cert_path.exists() and key_path.exists() and kube_path.exists()):
-        return f"missing files after the next start: {sorted(p.name for p in cwd.iterdir())}"
+        return f"missing files after the next start: {sorted(p.name for p in state.iterdir())}"
     cert_pem = cert_path.read_bytes() if cert_path.exists() else None
     if cert_pem is not None and key_path.exists():
         try:

@@ -21,6 +21,7 @@ from tests import crashkit
 # Each state round generates two RSA keys (the killed run and the next start): fewer of them.
 STATE_ROUNDS = 20
 TOKEN_ROUNDS = 40
+SERVER_ROUNDS = 10  # each waits for the next start to accept connections
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,17 @@ def test_state_files_survive_sigkill_during_their_writes(
     # The kills landed inside the writes: runs were cut, and at different stages.
     assert tally.killed > 0
     assert len(tally.left) >= 2, tally.summary()
+
+
+def test_server_first_start_survives_sigkill_during_its_writes(
+    forks: crashkit.ForkServer, tmp_path: Path
+) -> None:
+    """`authd server` killed during the writes of its first start: the next `authd server`
+    accepts connections, exits 0 on SIGTERM, and leaves whole, consistent files."""
+    window = crashkit.calibrate_state(forks, tmp_path)
+    tally = crashkit.server_rounds(forks, tmp_path, SERVER_ROUNDS, window=window)
+    assert tally.failures == []
+    assert tally.killed == SERVER_ROUNDS  # a server does not exit by itself
 
 
 def test_token_cache_survives_sigkill_while_it_is_stored(
