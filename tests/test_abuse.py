@@ -37,7 +37,7 @@ MAX_HEADER = 4096
 MAX_BODY = 64 * 1024
 PER_CLIENT = 30
 # Deadlines are asserted with this much slack: a loaded 2-core machine may be late, never early.
-SLACK = 10.0
+SLACK = 5.0
 EARLY = 0.2  # the client's clock starts a little after the server's accept
 
 CONFIG = """\
@@ -280,10 +280,9 @@ def test_kept_alive_connection_is_closed_at_the_idle_deadline(daemon: Daemon) ->
     sock.settimeout(SLACK)
     assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
     answered = time.monotonic()
-    waited = closed(sock, within=IDLE_TIMEOUT + SLACK)
+    closed(sock, within=IDLE_TIMEOUT + SLACK)
     sock.close()
     assert time.monotonic() - answered >= IDLE_TIMEOUT - 1.0 - EARLY  # 1 s: the /healthz call
-    assert waited > 0
     served(daemon)
 
 
@@ -458,9 +457,7 @@ def test_connections_over_the_global_cap_wait_then_are_served(tmp_path: Path) ->
         with pytest.raises(TimeoutError):  # no slot: the server does not even answer TLS
             context(proc).wrap_socket(waiting, server_hostname="localhost")
         waiting.close()
-        started = time.monotonic()
         served(proc)  # waits in the backlog until the idle ones are cut
-        assert time.monotonic() - started > 0
         for sock in idle:
             closed(sock, within=SLACK)
             sock.close()
