@@ -5,18 +5,28 @@ restarted authd) at any moment, so each is written to a temporary file in the sa
 flushed to disk, renamed over the target with `os.replace`, and the directory entry flushed too.
 A write that would change nothing (same bytes, same mode) is skipped, so an unchanged file keeps
 its mtime and inotify watchers are not woken for nothing.
+
+A process killed (SIGKILL, power loss) between creating its temporary file and the rename
+leaves that file behind; the target itself is whole, old or new (docs/RELIABILITY.md, "Crash
+safety"). The next call for the same target (written or unchanged) removes such leftovers once
+they are older than `STALE_TEMPORARY` seconds; a younger one may belong to a writer still at
+work (two `authd token` runs can store the same cache file at once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["STALE_TEMPORARY", "write_atomic"]
+
+STALE_TEMPORARY = 600.0
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> bool:
@@ -38,6 +48,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> boo
     """
     target = Path(path)
     if _unchanged(target, data, mode):
+        _remove_leftovers(target.parent, target.name)
         return False
     directory = target.parent
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
@@ -56,7 +67,17 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> boo
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
     _fsync_directory(directory)
+    _remove_leftovers(directory, target.name)
     return True
+
+
+def _remove_leftovers(directory: Path, name: str) -> None:
+    """Delete temporary files of `name` that a killed writer left, once they are stale."""
+    oldest = time.time() - STALE_TEMPORARY
+    for leftover in directory.glob(f".{glob.escape(name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if leftover.lstat().st_mtime < oldest:
+                leftover.unlink()
 
 
 def _unchanged(target: Path, data: bytes, mode: int) -> bool:

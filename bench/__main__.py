@@ -23,6 +23,8 @@ BENCHES: dict[str, str] = {
     "kube": "bench.kube",
     "watcher": "bench.watcher",
     "memory": "bench.memory",
+    "abuse": "bench.abuse",
+    "crash": "bench.crash",
 }
 
 

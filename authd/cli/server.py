@@ -45,6 +45,12 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "health_address": ("--health-address", {}),
     "client_ca_file": ("--client-ca-file", {}),
     "max_connections_per_client": ("--max-connections-per-client", {}),
+    "max_connections": ("--max-connections", {}),
+    "max_header_bytes": ("--max-header-bytes", {}),
+    "max_body_bytes": ("--max-body-bytes", {}),
+    "header_timeout": ("--header-timeout", {}),
+    "body_timeout": ("--body-timeout", {}),
+    "idle_timeout": ("--idle-timeout", {}),
 }
 
 

@@ -172,8 +172,9 @@ class TokenCache:
     ) -> None:
         """Keep `token` until a minute before it, or the credentials that signed it, expire.
 
-        Written to a temporary 0600 file in the same directory, then renamed over the old one,
-        so a concurrent reader sees the old file or the new one, never half of either.
+        Written by `authd.files.write_atomic` (a temporary 0600 file in the same directory,
+        fsynced, renamed over the old one, the directory fsynced), so a concurrent reader, or
+        the next run after a crash, sees the old file or the new one, never half of either.
         Failures are reported through `warn`; the token is still printed.
         """
         valid_until = expiration - MARGIN
@@ -189,18 +190,10 @@ class TokenCache:
         }
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            import tempfile  # only a miss writes; keep the hit path lean
+            from authd.files import write_atomic  # only a miss writes; keep the hit path lean
 
-            fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w") as stream:
-                    json.dump(document, stream, separators=(",", ":"))
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(temporary, self.path_for(key))
-            finally:
-                if os.path.exists(temporary):  # only when the rename did not happen
-                    os.unlink(temporary)
+            data = json.dumps(document, separators=(",", ":")).encode()
+            write_atomic(self.path_for(key), data, mode=0o600)
         except OSError as exc:
             warn(f"cannot write token cache in {self.directory}: {exc}")
 

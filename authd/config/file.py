@@ -76,6 +76,12 @@ _SERVER_KEYS = (
     "healthAddress",
     "clientCAFile",
     "maxConnectionsPerClient",
+    "maxConnections",
+    "maxHeaderBytes",
+    "maxBodyBytes",
+    "headerTimeout",
+    "bodyTimeout",
+    "idleTimeout",
 )
 RELOADABLE_SERVER_KEYS = frozenset({"mapRoles", "mapUsers", "mapAccounts", "reservedPrefixConfig"})
 

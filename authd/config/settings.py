@@ -275,6 +275,25 @@ _SETTINGS: tuple[_Setting, ...] = (
         _positive(as_int),
         500,
     ),
+    # The listener's limits (docs/server.md, "Connection limits").
+    _Setting(
+        "max_connections", "--max-connections", "server.maxConnections", _positive(as_int), 1000
+    ),
+    _Setting(
+        "max_header_bytes",
+        "--max-header-bytes",
+        "server.maxHeaderBytes",
+        _positive(as_int),
+        16 * 1024,
+    ),
+    _Setting(
+        "max_body_bytes", "--max-body-bytes", "server.maxBodyBytes", _positive(as_int), 1024 * 1024
+    ),
+    _Setting(
+        "header_timeout", "--header-timeout", "server.headerTimeout", _positive(as_duration), 10.0
+    ),
+    _Setting("body_timeout", "--body-timeout", "server.bodyTimeout", _positive(as_duration), 30.0),
+    _Setting("idle_timeout", "--idle-timeout", "server.idleTimeout", _positive(as_duration), 60.0),
     _Setting(
         "log_verbosity", "--log-verbosity", "log-verbosity", as_str, "info", env=LOG_VERBOSITY_ENV
     ),
@@ -355,6 +374,12 @@ class ServerSettings:
     health_address: str = ""
     client_ca_file: str = ""
     max_connections_per_client: int = 500
+    max_connections: int = 1000
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
     log_verbosity: str = "info"
     log_format: str = "json"
     feature_gates: FeatureGates = field(default_factory=FeatureGates)

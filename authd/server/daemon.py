@@ -100,8 +100,8 @@ async def run_server(
         proxies: for STS and EC2 requests, from the environment (`Proxies.from_env`).
         env: the process environment, read only for the in-cluster Kubernetes connection
             (`KUBERNETES_SERVICE_HOST`/`_PORT`) and systemd's `NOTIFY_SOCKET`.
-        limits: the listener's connection limits; defaults when None. The per-client cap
-            always comes from `settings`.
+        limits: the listener's other limits (shutdown grace, linger); defaults when None.
+            The connection caps, sizes and timeouts always come from `settings`.
         sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
             benchmark's A/B run sets it.
 
@@ -120,7 +120,14 @@ async def run_server(
     metrics.watch_log_drops(logs.dropped_lines)
     ssl_context = tls.server_ssl_context(pair, client_ca_file=settings.client_ca_file)
     limits = dataclasses.replace(
-        limits or Limits(), max_connections_per_client=settings.max_connections_per_client
+        limits or Limits(),
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        max_head_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
     )
     policy = EndpointPolicy.create(
         partition=settings.partition,
