@@ -25,10 +25,10 @@ import json
 import re
 import threading
 import time
-from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus
@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from authd.config import FileConfig, MappingConfig
-from authd.errors import ConfigError, TokenFormatError
+from authd.errors import TokenFormatError
 from authd.logs import add_timestamp, render_json
 from authd.mapping.chain import Backend, MapperChain
 from authd.mapping.file import MountedFileTable
@@ -400,7 +400,9 @@ def _base64_edit(draw: st.DrawFn, token: str) -> str:
     elif op == "breaks":
         body = body[:index] + draw(st.sampled_from(["\n", "\r\n", "\r"])) + body[index:]
     elif op == "prefix":
-        prefix = draw(st.sampled_from(["K8S-AWS-V1.", "k8s-aws-v1", "k8s-aws-v2.", "", " k8s-aws-v1."]))
+        prefix = draw(
+            st.sampled_from(["K8S-AWS-V1.", "k8s-aws-v1", "k8s-aws-v2.", "", " k8s-aws-v1."])
+        )
     else:
         body = body[:index]
     return prefix + body
@@ -415,9 +417,7 @@ def tokens(harness: TokenHarness) -> st.SearchStrategy[TokenCase]:
         signed_tokens(harness).flatmap(lambda case: _base64_edit(case.token)).map(TokenCase),
         st.text(max_size=64).map(lambda text: TokenCase("k8s-aws-v1." + text)),
         st.text(URL_CHARS, max_size=300).map(lambda text: TokenCase(encode(text))),
-        st.binary(max_size=200).map(
-            lambda raw: TokenCase("k8s-aws-v1." + _b64(raw))
-        ),
+        st.binary(max_size=200).map(lambda raw: TokenCase("k8s-aws-v1." + _b64(raw))),
         st.text(max_size=40).map(TokenCase),
         st.integers(4090, 4200).map(lambda n: TokenCase(("k8s-aws-v1." + "A" * n)[:n])),
     )
@@ -516,7 +516,9 @@ _JSON_SCALARS = st.one_of(
 )
 _JSON = st.recursive(
     _JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -579,13 +581,23 @@ def http_requests(draw: st.DrawFn, harness: TokenHarness) -> tuple[bytes, str]:
             st.text(URL_CHARS, max_size=30),
         )
     )
-    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 x", "", "http/1.1"]))
+    version = draw(
+        st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 x", "", "http/1.1"])
+    )
     eol = draw(st.sampled_from(["\r\n", "\n", "\r"]))
     body_token = draw(tokens(harness)).token
     doc = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}
     body = json.dumps({**doc, "spec": {"token": body_token}}).encode()
     names = st.sampled_from(
-        ["Host", "Content-Length", "Transfer-Encoding", "Expect", "Connection", "X-Test", "Content-Type"]
+        [
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Expect",
+            "Connection",
+            "X-Test",
+            "Content-Type",
+        ]
     )
     values = st.one_of(
         st.sampled_from(["chunked", "100-continue", "close", "keep-alive", "-1", "0", "1e3"]),

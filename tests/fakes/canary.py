@@ -39,7 +39,7 @@ class Canary:
     """The listener; `start()` binds, `hits` counts accepted connections, `stop()` closes."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._hits = 0
         self._kinds: list[str] = []
         self._sockets: list[socket.socket] = []
@@ -53,9 +53,7 @@ class Canary:
         self.port = v4.getsockname()[1]
         self._sockets.append(v4)
         with contextlib.suppress(OSError):  # no IPv6 loopback here: the v4 listener suffices
-            self._sockets.append(
-                socket.create_server(("::1", self.port), family=socket.AF_INET6)
-            )
+            self._sockets.append(socket.create_server(("::1", self.port), family=socket.AF_INET6))
         for sock in self._sockets:
             sock.settimeout(0.2)
             thread = threading.Thread(target=self._accept, args=(sock,), daemon=True)
@@ -76,6 +74,12 @@ class Canary:
         """Connections accepted so far (plain HTTP, TLS, or silent alike)."""
         with self._lock:
             return self._hits
+
+    def wait_greeted(self, count: int, *, timeout: float = 10.0) -> list[str]:
+        """Wait (bounded) until `count` connections have been looked at; their kinds."""
+        with self._lock:
+            self._lock.wait_for(lambda: len(self._kinds) >= count, timeout=timeout)
+            return list(self._kinds)
 
     def kinds(self) -> list[str]:
         """What each accepted connection started with: `http`, `tls` or `silent`."""
@@ -131,6 +135,7 @@ class Canary:
         kind = "silent" if not first else "tls" if first[0] == _TLS_HANDSHAKE else "http"
         with self._lock:
             self._kinds.append(kind)
+            self._lock.notify_all()
         if kind == "http":
             with contextlib.suppress(OSError):
                 conn.sendall(_HTTP_ANSWER)

@@ -1,4 +1,4 @@
-"""An STS stand-in that checks signatures: only tokens it signed itself are answered with an identity.
+"""An STS stand-in that checks signatures: it answers an identity only to tokens it signed.
 
 tests/fakes/sts_standin.py answers any signature, which is right for fault tests but cannot tell
 a false accept from a real one. The fuzzers need an STS whose "yes" means something, without
