@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
     "flood": "bench.flood",
     "kube": "bench.kube",
     "watcher": "bench.watcher",
+    "fuzz": "bench.fuzz",
 }
 
 

@@ -250,7 +250,7 @@ class TokenHarness:
 
 async def _receive(stream: trio.abc.Stream) -> bytes:
     try:
-        return await stream.receive_some(65536)
+        return bytes(await stream.receive_some(65536))
     except trio.BrokenResourceError:
         return b""
 
@@ -321,7 +321,8 @@ def _mutated_url(draw: st.DrawFn, harness: TokenHarness) -> str:
     """A signed URL, then edited: characters, parameters, host, scheme, or its signer."""
     params = draw(_query_params())
     host = harness.sts.netloc
-    kind = draw(st.sampled_from(["chars", "params", "host", "resign", "cluster", "aws"]))
+    kinds = ["chars", "params", "respell", "host", "resign", "cluster", "aws"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "cluster":  # signed for another cluster: STS must refuse it
         return signed_url(host, params, cluster_id=draw(st.sampled_from(["other", "", "FUZZ"])))
     if kind == "resign":  # correctly signed, but for a canary spelling
@@ -332,9 +333,14 @@ def _mutated_url(draw: st.DrawFn, harness: TokenHarness) -> str:
     url = signed_url(host, params)
     if kind == "params":
         extra = draw(_param_edits())
-        return url + extra if draw(st.booleans()) else url.replace("/?", f"/?{extra[1:]}&", 1)
-    if kind == "host":
-        return draw(_rehosted(url, harness))
+        url = url + extra if draw(st.booleans()) else url.replace("/?", f"/?{extra[1:]}&", 1)
+    elif kind == "host":
+        url = draw(_rehosted(url, harness))
+    elif kind == "respell":  # the same secret parameters, keys spelled as a parser may read them
+        for key in ("X-Amz-Signature=", "X-Amz-Security-Token="):
+            url = url.replace(f"&{key}", "&" + draw(st.sampled_from(_spellings(key))))
+    if kind != "chars" and draw(st.booleans()):
+        return url
     for _ in range(draw(st.integers(1, 3))):
         index = draw(st.integers(0, len(url)))
         op = draw(st.sampled_from(["insert", "replace", "delete"]))
@@ -342,6 +348,12 @@ def _mutated_url(draw: st.DrawFn, harness: TokenHarness) -> str:
         tail = url[index + 1 :] if op != "insert" else url[index:]
         url = url[:index] + ("" if op == "delete" else char) + tail
     return url
+
+
+def _spellings(key: str) -> list[str]:
+    """`key` (ending `=`) as written, lower-cased, and with one character percent-escaped."""
+    escaped = [f"{key[:i]}%{ord(key[i]):02X}{key[i + 1 :]}" for i in (0, 1, 5, len(key) - 2)]
+    return [key, key.lower(), key.upper(), *escaped]
 
 
 def _param_edits() -> st.SearchStrategy[str]:
@@ -413,6 +425,8 @@ def tokens(harness: TokenHarness) -> st.SearchStrategy[TokenCase]:
     mutated = _mutated_url(harness).map(encode)
     return st.one_of(
         signed_tokens(harness),
+        mutated.map(TokenCase),
+        mutated.map(TokenCase),
         mutated.map(TokenCase),
         signed_tokens(harness).flatmap(lambda case: _base64_edit(case.token)).map(TokenCase),
         st.text(max_size=64).map(lambda text: TokenCase("k8s-aws-v1." + text)),
@@ -661,7 +675,7 @@ def timed(strategy: st.SearchStrategy[T], check: Callable[[T], None], max_exampl
         tally.cases = run(strategy, check, max_examples)
     except Exception as exc:  # the bench reports a failure instead of stopping
         tally.cases = _last_count[0]
-        tally.failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+        tally.failure = f"{type(exc).__name__}: {str(exc)[:2000]}"
     tally.seconds = time.perf_counter() - started
     return tally
 

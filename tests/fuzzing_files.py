@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,8 @@ IDENTITIES = [
 def _keyed(draw: st.DrawFn, keys: list[str] | tuple[str, ...], value: Any) -> dict[str, Any]:
     """A mapping of some of `keys` (each maybe in another case) to drawn values."""
     chosen = draw(st.lists(st.sampled_from(list(keys)), max_size=6, unique=True))
-    case = st.sampled_from([str, str.lower, str.upper])
-    return {draw(case)(key): draw(value) for key in chosen}
+    spell: st.SearchStrategy[Callable[[str], str]] = st.sampled_from([str, str.lower, str.upper])
+    return {draw(spell)(key): draw(value) for key in chosen}
 
 
 def _render(draw: st.DrawFn, doc: Any) -> bytes:
