@@ -112,3 +112,19 @@ def test_a_review_answer_is_parsed_json(harness: TokenHarness) -> None:
     response = harness.review(b'{"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1"}')
     assert response.status == 200
     assert json.loads(response.body)["status"]["authenticated"] is False
+
+
+@pytest.mark.parametrize(
+    "key", ["X-Amz-Signatur%65", "X%2DAmz-Signature", "%58-Amz-Signature", "X-Amz-Security-Toke%6E"]
+)
+def test_a_respelled_secret_key_is_not_logged_when_the_url_is_malformed(
+    harness: TokenHarness, key: str
+) -> None:
+    """Found by the token fuzzer: a URL that fails to parse is quoted in the error, and a
+    signature under a percent-escaped key (which the query parser reads as X-Amz-Signature) went
+    into the review's log line unredacted."""
+    secret = "b15ac21019c18996bb5773253082ac1da7b598b90dbd2895f7d88dbba4acc07d"
+    url = f"0http://{harness.sts.netloc}/?Action=GetCallerIdentity&{key}={secret}"
+    assert secret in secrets_of(encode(url))
+    check_token(harness, TokenCase(encode(url)))
+    check_token(harness, TokenCase(encode(f"http://{harness.sts.netloc}/?{key}={secret}#%zz")))
