@@ -449,12 +449,15 @@ def secrets_of(token: str) -> list[str]:
     """What must never be logged: the token, its body and its signature/session-token values."""
     found = [token, token[11:]] if len(token) - 11 >= MIN_SECRET else []
     url = decode_url(token) or ""
+    public = []  # the URL's other pieces: a value that is also there is no secret
     for piece in re.split(r"[?&#;]", url):
         key, _, value = piece.partition("=")
         with contextlib.suppress(UnicodeError):
             if unquote_plus(key).lower() in _SECRET_KEYS and len(value) >= MIN_SECRET:
                 found += [value, unquote_plus(value)]
-    return found
+                continue
+        public.append(piece)
+    return [secret for secret in found if not any(secret in piece for piece in public)]
 
 
 def check_token(harness: TokenHarness, case: TokenCase) -> None:
