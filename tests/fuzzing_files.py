@@ -83,14 +83,14 @@ _SCALARS = st.one_of(
     st.sampled_from(WORDS + ARNS),
     st.text(max_size=20),
 )
-VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.sampled_from(ENTRY_KEYS) | st.text(max_size=8), inner, max_size=4),
-    ),
-    max_leaves=10,
-)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.sampled_from(ENTRY_KEYS) | st.text(max_size=8)
+    return st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4)
+
+
+VALUES = st.recursive(_SCALARS, _containers, max_leaves=10)
 ENTRY = st.dictionaries(
     st.sampled_from(ENTRY_KEYS), st.one_of(st.sampled_from(ARNS + WORDS), VALUES), max_size=5
 )
