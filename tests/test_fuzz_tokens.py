@@ -128,3 +128,18 @@ def test_a_respelled_secret_key_is_not_logged_when_the_url_is_malformed(
     assert secret in secrets_of(encode(url))
     check_token(harness, TokenCase(encode(url)))
     check_token(harness, TokenCase(encode(f"http://{harness.sts.netloc}/?{key}={secret}#%zz")))
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: gzip\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_an_unsupported_transfer_encoding_is_a_400(harness: TokenHarness, framing: bytes) -> None:
+    """Found by the request fuzzer: h11 hints 501 for a transfer coding it does not support; a
+    malformed request is the client's fault and gets 400, like every other protocol error."""
+    answer = harness.exchange(b"POST /authenticate HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    check_http(harness, (b"POST /authenticate HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n", ""))
