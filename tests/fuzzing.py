@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -667,7 +667,6 @@ class Tally:
     cases: int = 0
     failure: str = ""
     seconds: float = 0.0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def timed(strategy: st.SearchStrategy[T], check: Callable[[T], None], max_examples: int) -> Tally:

@@ -110,7 +110,7 @@ class Canary:
             "127.0.0.2",
         ]
         ports = [str(port), f"0{port}", f"00{port}", str(port + 65536)]
-        return [f"{host}:{p}" for host in hosts for p in ports] + [f"{h}:{port}" for h in hosts]
+        return [f"{host}:{p}" for host in hosts for p in ports]
 
     def _accept(self, listener: socket.socket) -> None:
         while not self._closing.is_set():
