@@ -64,6 +64,9 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # RFC 3986 query: unreserved, sub-delims, `:@/?` and `%` (escapes are checked on their own).
 _NOT_QUERY_CHAR = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 _SECRET_PARAM = re.compile(r"(?i)(x-amz-(?:signature|security-token)=)[^&#]*")
+# Any `key=value` piece, so a secret under an escaped key (`X-Amz-Signatur%65`) is found too.
+_URL_PIECE = re.compile(r"(?:^|(?<=[?&#;/]))([^?&#;/=]*)=([^&#;]*)")
+_SECRET_KEYS = frozenset({"x-amz-signature", "x-amz-security-token"})
 # Characters Go's net/url lets through unescaped in a host name.
 _HOST_CHARS = frozenset(string.ascii_letters + string.digits + "-_.~!$&'()*+,;=:[]<>\"")
 _USERINFO_CHARS = frozenset(string.ascii_letters + string.digits + "-._:~!$&'()*+,;=%@")
@@ -351,8 +354,18 @@ def _parse_url(raw: str) -> _Url:
         return _split_url(raw)
     except _UrlError as exc:
         # Go quotes the whole URL; the signature and session token are kept out of the message.
-        redacted = _SECRET_PARAM.sub(r"\1REDACTED", raw)
-        raise TokenFormatError(f"parse {_quote(redacted)}: {exc}") from exc
+        raise TokenFormatError(f"parse {_quote(_redacted(raw))}: {exc}") from exc
+
+
+def _redacted(raw: str) -> str:
+    """`raw` with the signature and session token replaced, however their keys are spelled:
+    the query parser unescapes keys and ignores their case, so `X-Amz-Signatur%65` is one."""
+
+    def hide(piece: re.Match[str]) -> str:
+        key = piece.group(1)
+        return f"{key}=REDACTED" if _unquote_plus(key).lower() in _SECRET_KEYS else piece.group()
+
+    return _URL_PIECE.sub(hide, _SECRET_PARAM.sub(r"\1REDACTED", raw))
 
 
 def _split_url(raw: str) -> _Url:

@@ -25,6 +25,7 @@ BENCHES: dict[str, str] = {
     "memory": "bench.memory",
     "abuse": "bench.abuse",
     "crash": "bench.crash",
+    "fuzz": "bench.fuzz",
 }
 
 

@@ -425,7 +425,9 @@ class _Connection:
             response = await self._call(request, body)
             await self._send(response, head=request.method == b"HEAD")
         except (h11.RemoteProtocolError, _BodyTooLarge, _HeadTooLarge, _AmbiguousFraming) as exc:
-            await self._refuse(exc.error_status_hint)
+            # h11 hints 501 for a transfer coding it lacks: still the client's error, so a 400.
+            hint = exc.error_status_hint
+            await self._refuse(hint if hint < 500 else 400)
             return False
         if conn.our_state is h11.MUST_CLOSE or self.shared.closing:
             return False
