@@ -2,7 +2,8 @@
 
 Each benchmark is a module in this package exposing `SECTION` (its marker in
 docs/BENCHMARKS.md), `DESCRIPTION` and `run(*, runs: int) -> str` (the Markdown it measured).
-Add one by adding its module name to `BENCHES`.
+Add one by adding its module name to `BENCHES`. A module may name another file as `DOC`.
+`LONG` benchmarks run only when named (never by `make bench` or CI) and take `--minutes`.
 """
 
 from __future__ import annotations
@@ -23,25 +24,32 @@ BENCHES: dict[str, str] = {
     "kube": "bench.kube",
     "watcher": "bench.watcher",
 }
+LONG: dict[str, str] = {
+    "soak": "bench.soak",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks, print each section and write it to docs/BENCHMARKS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHES)}")
+    known = [*BENCHES, *LONG]
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(known)}")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per command")
+    parser.add_argument("--minutes", type=int, default=30, help="length of a LONG benchmark")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the docs")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.names if name not in BENCHES]
+    unknown = [name for name in args.names if name not in known]
     if unknown:
-        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(known)}")
     for name in args.names or list(BENCHES):
-        module = importlib.import_module(BENCHES[name])
+        module = importlib.import_module(BENCHES.get(name) or LONG[name])
         print(f"== {name}: {module.DESCRIPTION}", file=sys.stderr)
-        body = module.run(runs=args.runs)
+        extra = {"minutes": args.minutes} if name in LONG else {}
+        body = module.run(runs=args.runs, **extra)
         print(body)
         if not args.no_write:
-            report.write_section(module.SECTION, body)
+            doc = getattr(module, "DOC", report.BENCHMARKS)
+            report.write_section(module.SECTION, body, path=doc)
     return 0
 
 
