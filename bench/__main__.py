@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "server": "bench.server",
     "sts": "bench.sts_protection",
     "reload": "bench.reload",
+    "reload-storm": "bench.reload_storm",
     "edges": "bench.edges",
     "flood": "bench.flood",
     "kube": "bench.kube",
