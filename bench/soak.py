@@ -186,14 +186,27 @@ def soak(work: Path, minutes: int) -> Soak:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            level = json.loads(line).get("level", "")
-        except ValueError:
-            level = "unparsed"
-        if level in ("warning", "error", "critical", "unparsed") and len(result.daemon_errors) < 10:
-            result.daemon_errors.append(line[:300])
+    result.daemon_errors = _problems(log_path)
     return result
+
+
+def _problems(log_path: Path, *, keep: int = 10) -> list[str]:
+    """The first `keep` warning, error or unparsable lines of the daemon's log (streamed: the
+    log holds one line per review, hundreds of MB in 30 minutes)."""
+    found: list[str] = []
+    with log_path.open(errors="replace") as stream:
+        for line in stream:
+            if '"level":"info"' in line or '"level":"debug"' in line:
+                continue
+            try:
+                level = json.loads(line).get("level", "")
+            except ValueError:
+                level = "unparsed"
+            if level in ("warning", "error", "critical", "unparsed"):
+                found.append(line.rstrip()[:300])
+                if len(found) >= keep:
+                    break
+    return found
 
 
 def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
