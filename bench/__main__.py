@@ -2,7 +2,8 @@
 
 Each benchmark is a module in this package exposing `SECTION` (its marker in
 docs/BENCHMARKS.md), `DESCRIPTION` and `run(*, runs: int) -> str` (the Markdown it measured).
-Add one by adding its module name to `BENCHES`. A module may name another file as `DOC`.
+Add one by adding its module name to `BENCHES`. A module may write elsewhere or to several
+files: `DOCS` maps each file to a heading put before the body there.
 `LONG` benchmarks run only when named (never by `make bench` or CI) and take `--minutes`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from bench import report
 
@@ -49,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         body = module.run(runs=args.runs, **extra)
         print(body)
         if not args.no_write:
-            doc = getattr(module, "DOC", report.BENCHMARKS)
-            report.write_section(module.SECTION, body, path=doc)
+            docs: dict[Path, str] = getattr(module, "DOCS", {report.BENCHMARKS: ""})
+            for doc, heading in docs.items():
+                report.write_section(module.SECTION, heading + body, path=doc)
     return 0
 
 

@@ -53,7 +53,10 @@ from bench.reload import LogWatch, _Sts, free_port, judge, pct, save, sts_stand_
 
 SECTION = "reload-storm"
 DESCRIPTION = "1,000 reloads of config and DynamicFile under review load, every tenth broken"
-RELIABILITY = Path(__file__).resolve().parent.parent / "docs" / "RELIABILITY.md"
+DOCS = {
+    report.BENCHMARKS: "## Reload storm: 1,000 reloads, every tenth broken, under review load\n\n",
+    report.BENCHMARKS.parent / "RELIABILITY.md": "",  # under its "## Reload under load"
+}
 RELOADS = 1000
 REVIEW_THREADS = 2  # per user
 NEW_TOKEN_EVERY = 5
@@ -445,14 +448,12 @@ def _reviewer(run: Storm, file: str, client: httpx.Client, *, sts: str) -> None:
 
 
 def run(*, runs: int) -> str:
-    """Storm once (`runs` is unused); return the Markdown and write it to RELIABILITY.md too."""
+    """Storm once (`runs` is unused); return the Markdown."""
     del runs
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="authd-bench-storm-") as tmp:
         tally, grew, expected, refusals = storm(Path(tmp), RELOADS)
-    body = render(tally, grew, expected, refusals, load=load)
-    report.write_section(SECTION, body, path=RELIABILITY)  # under its "## Reload under load"
-    return "## Reload storm: 1,000 reloads, every tenth broken, under review load\n\n" + body
+    return render(tally, grew, expected, refusals, load=load)
 
 
 def render(

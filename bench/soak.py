@@ -9,7 +9,8 @@ minute the daemon's VmRSS and open file descriptors (/proc/PID/status, /proc/PID
 sampled, with its thread count and the minute's reviews, failures and latencies. The target:
 VmRSS and descriptors grow less than 5% over the last 20 minutes (the highest sample in that
 window against its first). Figures go to docs/RELIABILITY.md (section "Soak") and the plot to
-docs/soak.svg. Not part of `make bench` or CI: `python -m bench soak [--minutes N]`.
+docs/soak.svg (the plot even with `--no-write`). Not part of `make bench` or CI:
+`python -m bench soak [--minutes N]`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from bench.reload import free_port, live_config, pct, sts_stand_in
 
 SECTION = "soak"
 DESCRIPTION = "soak: the daemon for --minutes at a steady rate with token churn; RSS and fds"
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-DOC = DOCS / "RELIABILITY.md"  # where bench/__main__.py writes the section
-SVG = DOCS / "soak.svg"
+DOCS = {report.BENCHMARKS.parent / "RELIABILITY.md": ""}  # under its "## Soak"
+SVG = report.BENCHMARKS.parent / "soak.svg"
 RATE = 200.0
 CLIENTS = 4
 WINDOW_MIN = 20
