@@ -53,6 +53,8 @@ class Minute:
     reviews: int = 0
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
+    cached: int = 0  # authd_identity_cache_entries
+    cache_kib: float = 0.0  # authd_identity_cache_bytes / 1024
 
 
 @dataclass
@@ -102,6 +104,22 @@ class Load:
         """A new token every second (X-Amz-Date moves on, so each is new to the daemon)."""
         while not self.stop.wait(1.0):
             self.token = self._new_token()
+
+    def cache(self) -> tuple[int, float]:
+        """The daemon's identity cache now: (entries, estimated KiB), from /metrics."""
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        values = dict(
+            line.rsplit(" ", 1)
+            for line in text.splitlines()
+            if line.startswith(("authd_identity_cache_entries ", "authd_identity_cache_bytes "))
+        )
+        entries = int(float(values["authd_identity_cache_entries"]))
+        return entries, float(values["authd_identity_cache_bytes"]) / 1024
 
     def take(self) -> Minute:
         """The tallies since the last take, reset."""
@@ -230,11 +248,14 @@ def _drive(result: Soak, load: Load, pid: int, minutes: int) -> None:
     try:
         time.sleep(5)  # connections open, first token verified: the baseline sample
         load.take()
-        result.samples.append(Minute(0, *proc_figures(pid)))
+        baseline = Minute(0, *proc_figures(pid))
+        baseline.cached, baseline.cache_kib = load.cache()
+        result.samples.append(baseline)
         for minute in range(1, minutes + 1):
             time.sleep(max(0.0, start + 5 + 60 * minute - time.monotonic()))
             taken = load.take()
             sample = Minute(minute, *proc_figures(pid))
+            sample.cached, sample.cache_kib = load.cache()
             sample.reviews, sample.failed, sample.latencies = (
                 taken.reviews,
                 taken.failed,
@@ -259,7 +280,7 @@ def _progress(sample: Minute) -> str:
     return (
         f"minute {sample.minute:g}: VmRSS {sample.rss_kib / 1024:.1f} MiB, {sample.fds} fds, "
         f"{sample.threads} threads, {sample.reviews} reviews, {sample.failed} failed, "
-        f"p99 {p99:.1f} ms"
+        f"p99 {p99:.1f} ms, {sample.cached} identities cached"
     )
 
 
@@ -378,14 +399,15 @@ def render(result: Soak, *, load: float) -> str:
         f"Target < 5% each and no failed review: **{'met' if met else 'MISSED'}**.",
         "- Plot: [soak.svg](soak.svg) (shaded: the window judged).",
         "",
-        "| minute | VmRSS | open fds | threads | reviews | failed | p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| minute | VmRSS | open fds | threads | reviews | failed | p99 | identities cached "
+        "(estimated size) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result.samples:
         p99 = f"{pct(s.latencies, 99) * 1000:.1f} ms" if s.latencies else "-"
         lines.append(
             f"| {s.minute:g} | {s.rss_kib / 1024:.1f} MiB | {s.fds} | {s.threads} | "
-            f"{s.reviews:,} | {s.failed} | {p99} |"
+            f"{s.reviews:,} | {s.failed} | {p99} | {s.cached:,} ({s.cache_kib:.0f} KiB) |"
         )
     if result.failures:
         lines += ["", "First failures:", ""] + [f"- `{f}`" for f in result.failures]
