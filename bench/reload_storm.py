@@ -19,16 +19,18 @@ The breakages (docs/RELIABILITY.md says why each is faithful):
 
 - `bad YAML`: the config file with an unterminated flow sequence;
 - `truncated JSON`: the DynamicFile cut in half;
-- `directory`: the file deleted and a directory made in its place;
+- `directory`: a directory swapped in for the file (renameat2 RENAME_EXCHANGE, so the file is
+  never missing for a moment);
 - `permission`: a new version written with mode 000 and renamed over the file. root reads any
   file, so when run as root the daemon starts without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
   (`setpriv --bounding-set`): uid 0 still, but the kernel applies the mode bits as for any user;
-- `FIFO`: the file deleted and a named pipe made in its place.
+- `FIFO`: a named pipe renamed over the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -130,31 +132,56 @@ def prefix_works(prefix: list[str], probe_dir: Path) -> bool:
     return done.returncode != 0 and b"PermissionError" in done.stderr
 
 
-def clear(path: Path) -> None:
-    """Remove what a breakage left at `path` (a directory or a FIFO) so a file can go there."""
-    if path.is_dir() and not path.is_symlink():
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two names atomically (Linux renameat2 RENAME_EXCHANGE); False when unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
+
+
+def put(path: Path, data: bytes) -> None:
+    """Write a good version at `path` with no moment where nothing is there.
+
+    A rename replaces a file, a mode-000 file or a FIFO at once; a directory left by a breakage
+    is swapped out by `exchange`, so the DynamicFile never looks deleted (which would clear its
+    mappings, docs/reload.md).
+    """
+    if not (path.is_dir() and not path.is_symlink()):
+        save(path, data)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    if exchange(tmp, path):
+        tmp.rmdir()  # the directory, now under the temporary name
+    else:
         path.rmdir()
-    elif path.is_fifo():
-        path.unlink()
+        os.replace(tmp, path)
 
 
 def break_file(path: Path, kind: str, data: bytes) -> None:
-    """Put a broken version of kind `kind` at `path`; `data` is a good version to spoil."""
-    clear(path)
+    """Put a broken version of kind `kind` at `path` (holding a good one); `data` is a good
+    version to spoil. Each is one atomic step, as `put`."""
+    tmp = path.with_name(f".{path.name}.tmp")
     if kind in ("bad YAML", "truncated JSON"):
         spoiled = b"clusterID: bench\nserver:\n  mapUsers: [\n" if kind == "bad YAML" else data
         save(path, spoiled[: len(spoiled) // 2] if kind == "truncated JSON" else spoiled)
     elif kind == "permission":
-        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         tmp.chmod(0)
         os.replace(tmp, path)
     elif kind == "directory":
-        path.unlink(missing_ok=True)
-        path.mkdir()
+        tmp.mkdir()
+        if exchange(tmp, path):
+            tmp.unlink()  # the file, now under the temporary name
+        else:
+            tmp.rmdir()
+            path.unlink()
+            path.mkdir()
     elif kind == "FIFO":
-        path.unlink(missing_ok=True)
-        os.mkfifo(path)
+        os.mkfifo(tmp)
+        os.replace(tmp, path)
     else:
         raise ValueError(f"unknown breakage {kind!r}")
 
@@ -226,8 +253,7 @@ class Storm:
             data = RENDER[file](version)
             with self.lock:
                 self.good[file].add(version)
-            clear(self.paths[file])
-            save(self.paths[file], data)
+            put(self.paths[file], data)
             self._wait(mark, APPLIED[file], file, hashlib.sha256(data).hexdigest()[:12], timeout)
             self.tally.applied[file] += 1
             self._next_file = "dynamic" if file == "config" else "config"
