@@ -355,8 +355,15 @@ class LogWatch:
         self.counts: dict[str, int] = {}
         self.lines: list[str] = []
         self._cond = threading.Condition()
+        self._stream = stream
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """After the process exited: read to the end, then close its stream."""
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._stream.close()
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -433,7 +440,7 @@ class _Reviews:
             while not self.stop.is_set():
                 if time.monotonic() - made > 300:  # tokens live 15 minutes
                     token, made = self.token(), time.monotonic()
-                verdict = _judge(client, token, self.good)
+                verdict = judge(client, token, self.good)
                 with self.lock:
                     self.result.reviews += 1
                     if verdict == "failed":
@@ -503,7 +510,7 @@ def _reload(config: Path, logs: LogWatch, shared: _Reviews, reloads: int) -> Non
         result.reloads += 1
 
 
-def _judge(client: httpx.Client, token: str, good: set[int]) -> str:
+def judge(client: httpx.Client, token: str, good: set[int]) -> str:
     """`ok`, `failed` (no answer, not 200, not allowed) or a description of a wrong answer."""
     body = {
         "apiVersion": "authentication.k8s.io/v1",

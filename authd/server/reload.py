@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -148,14 +149,28 @@ class _Read:
 
 
 def read_file(path: str) -> _Read:
-    """Read `path` once; `stable` is False when it changed while being read."""
+    """Read `path` once; `stable` is False when it changed while being read.
+
+    Only a regular file (or a symlink to one) is read. Anything else at the path is unreadable
+    content: a directory, and a FIFO, socket or device, which are opened without blocking and
+    never read (opening a FIFO waits for a writer, forever: it would wedge this file's reloads
+    and the daemon's shutdown; a device such as /dev/zero never ends).
+    """
     try:
-        with open(path, "rb") as stream:
-            before = os.fstat(stream.fileno())
-            data = stream.read()
-            after = os.fstat(stream.fileno())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return _Read(None, "", stable=True)
+    except OSError as exc:
+        return _Read(None, "", stable=True, error=f"{path}: {exc.strerror or exc}")
+    try:
+        with open(fd, "rb") as stream:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                kind = "Is a directory" if stat.S_ISDIR(before.st_mode) else "not a regular file"
+                return _Read(None, "", stable=True, error=f"{path}: {kind}")
+            os.set_blocking(fd, True)
+            data = stream.read()
+            after = os.fstat(fd)
     except OSError as exc:
         return _Read(None, "", stable=True, error=f"{path}: {exc.strerror or exc}")
     stable = (
