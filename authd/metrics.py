@@ -513,6 +513,12 @@ class Metrics:
         )
         for name in STATE_FILES:
             self.state_files_loose.labels(file=name).set(0)
+        self.certificate_expiry = Gauge(
+            "authd_serving_certificate_expiry_timestamp_seconds",
+            "Unix time at which the webhook's serving certificate (the state dir's cert.pem, "
+            "read at start) expires; 0 until it is loaded.",
+            registry=reg,
+        )
         self.log_drops = CallbackCounter(
             "authd_log_lines_dropped",
             "Log lines dropped because the log writer could not keep up (stderr or journald "
@@ -526,6 +532,10 @@ class Metrics:
         found = set(loose)
         for name in STATE_FILES:
             self.state_files_loose.labels(file=name).set(1 if name in found else 0)
+
+    def serving_certificate(self, expires_at: float) -> None:
+        """The serving certificate loaded at start expires at `expires_at` (Unix time)."""
+        self.certificate_expiry.set(expires_at)
 
     def watch_log_drops(self, read: Callable[[], int]) -> None:
         """Read the count of dropped log lines from `read` at each scrape."""

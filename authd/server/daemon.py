@@ -117,6 +117,7 @@ async def run_server(
     backends.load_all()
     pair = write_state(settings)
     metrics.state_files(pair.loose)
+    metrics.serving_certificate(tls.expiry(pair.cert_pem))
     metrics.watch_log_drops(logs.dropped_lines)
     ssl_context = tls.server_ssl_context(pair, client_ca_file=settings.client_ca_file)
     limits = dataclasses.replace(
