@@ -32,6 +32,7 @@ from authd.server import kubeconfig, tls
 from authd.server.app import App
 from authd.server.authenticator import Authenticator
 from authd.server.backends import Backends, KubeOpener
+from authd.server.certtime import CertificateError, not_after
 from authd.server.ec2 import open_server_private_dns_names
 from authd.server.http import Limits, Request, Response, serve_http, serve_https
 from authd.server.proxies import Proxies
@@ -117,7 +118,7 @@ async def run_server(
     backends.load_all()
     pair = write_state(settings)
     metrics.state_files(pair.loose)
-    metrics.serving_certificate(tls.expiry(pair.cert_pem))
+    _export_expiry(metrics, pair)
     metrics.watch_log_drops(logs.dropped_lines)
     ssl_context = tls.server_ssl_context(pair, client_ca_file=settings.client_ca_file)
     limits = dataclasses.replace(
@@ -335,3 +336,16 @@ async def _handle_signals(lifecycle: Lifecycle, scope: trio.CancelScope) -> None
                     log.info("shutting down: finishing in-flight reviews", signal=signum)
                     lifecycle.stopping()
                     shutdown.set()
+
+
+def _export_expiry(metrics: Metrics, pair: tls.KeyPair) -> None:
+    """Set the certificate-expiry gauge; a certificate ssl accepted but this reader does not is
+    named in a warning and leaves the gauge unset (the daemon serves with it all the same)."""
+    try:
+        metrics.serving_certificate(not_after(pair.cert_pem))
+    except CertificateError as exc:
+        log.warning(
+            "cannot read the serving certificate's expiry",
+            certPath=str(pair.cert_path),
+            error=str(exc),
+        )

@@ -116,11 +116,6 @@ def load_or_create_keypair(
     )
 
 
-def expiry(cert_pem: bytes) -> float:
-    """Unix time at which the first (leaf) certificate of `cert_pem` expires."""
-    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
-
-
 def generate_self_signed(
     *, address: str, hostname: str, now: datetime.datetime | None = None
 ) -> tuple[bytes, bytes]:
