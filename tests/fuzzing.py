@@ -176,11 +176,8 @@ class TokenHarness:
     async def _main(self) -> None:
         try:
             self._stop = trio.Event()
-            client = httpx.AsyncClient(
-                transport=self._routing, timeout=httpx.Timeout(10.0), follow_redirects=False
-            )
-            async with client:
-                self.app = self._build_app(client)
+            async with self._routing as transport:
+                self.app = self._build_app(transport)
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
                 await self._stop.wait()
@@ -188,14 +185,14 @@ class TokenHarness:
             self._failure = exc
             self._ready.set()
 
-    def _build_app(self, client: httpx.AsyncClient) -> App:
+    def _build_app(self, transport: httpx.AsyncBaseTransport) -> App:
         mapping = MappingConfig.from_file_config(FileConfig.from_text(CONFIG, path="config.yaml"))
         metrics = Metrics(process_collector=False)
         authenticator = Authenticator(
             policy=EndpointPolicy.create(
                 partition="aws", region="us-east-1", extra_origins=[self.sts.url]
             ),
-            sts=StsClient(client),
+            sts=StsClient(transport, timeout=10.0),
             chain=MapperChain([Backend("MountedFile", MountedFileTable.from_config(mapping))]),
             cluster_ids=(CLUSTER_ID,),
             metrics=metrics,
