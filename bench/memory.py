@@ -27,6 +27,8 @@ import os
 import re
 import ssl
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +58,11 @@ CHECKPOINTS = (10_000, 100_000)
 STARTS = 3
 SETTLE_S = 1.0
 TOP_IMPORTS = 10
+# What any Python daemon on trio pays before authd's own code (the floor under kops' 20Mi).
+FLOORS = (
+    ("The Python interpreter alone (`python -c pass`)", "pass"),
+    ("The interpreter with trio imported", "import trio"),
+)
 BENCH_USER = "arn:aws:iam::123456789012:user/bench"
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 # kube-system/aws-auth with one user, for the Kubernetes start.
@@ -243,8 +250,10 @@ def run(*, runs: int) -> str:
             kube = kube_start_rss(work)
             modules, total_ms, cumulative, packages = import_profile(work)
             start, checkpoints, entries, size = token_run(work)
+            floors = {label: python_rss(code) for label, code in FLOORS}
     return render(
         load=load,
+        floors=floors,
         plain=plain,
         plain_source=plain_source,
         kube=kube,
@@ -256,9 +265,24 @@ def run(*, runs: int) -> str:
     )
 
 
+def python_rss(code: str) -> float:
+    """VmRSS (MiB) of the venv's Python after running `code`, median of STARTS runs."""
+    probe = f"{code}\nprint(open('/proc/self/status').read())"
+    samples = []
+    for _ in range(STARTS):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+        match = re.search(r"^VmRSS:\s+(\d+) kB", out, re.MULTILINE)
+        assert match, out
+        samples.append(int(match.group(1)) / 1024)
+    return statistics.median(samples)
+
+
 def render(
     *,
     load: float,
+    floors: dict[str, float],
     plain: float,
     plain_source: float,
     kube: float,
@@ -282,6 +306,7 @@ def render(
         "",
         "| Daemon | VmRSS |",
         "|---|---:|",
+        *(f"| {label} | {rss:.1f} MiB |" for label, rss in floors.items()),
         f"| Config file only, at start | **{plain:.1f} MiB** |",
         f"| Config file only, at start, compiling from source (no bytecode cache) | "
         f"{plain_source:.1f} MiB |",
