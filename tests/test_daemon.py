@@ -13,10 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from tests.daemon import Daemon, base_env
+from tests.daemon import Daemon, base_env, free_port
 
 CONFIG = """\
 clusterID: daemon-test
@@ -351,3 +352,30 @@ def test_loose_prewritten_key_is_warned_about_and_counted(tmp_path: Path, config
         assert 'authd_state_files_loose{file="state_dir"} 0.0' in text
     finally:
         second.stop()
+
+
+def test_health_address_serves_probes_and_metrics_never_reviews(
+    tmp_path: Path, config: Path
+) -> None:
+    """The plain-HTTP listener answers /healthz, /readyz and /metrics (what kubelet and a scraper
+    on another node need) and 404s TokenReviews, which stay on the TLS webhook port."""
+    port = free_port()
+    proc = Daemon(
+        [f"--config={config}", f"--health-address=127.0.0.1:{port}"],
+        state=tmp_path,
+        env=base_env(),
+    )
+    try:
+        proc.wait_for("listening")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as plain:
+            assert (plain.get("/healthz").status_code, plain.get("/healthz").text) == (200, "ok")
+            assert plain.get("/readyz").status_code == 200
+            metrics = plain.get("/metrics")
+            assert metrics.status_code == 200
+            assert "authd_serving_certificate_expiry_timestamp_seconds" in metrics.text
+            refused = plain.post("/authenticate", json=review("k8s-aws-v1.x"))
+            assert refused.status_code == 404
+        with proc.client() as tls:
+            assert tls.post("/authenticate", json=review("k8s-aws-v1.x")).status_code == 200
+    finally:
+        assert proc.stop() == 0

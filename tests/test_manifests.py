@@ -20,13 +20,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.daemon import Daemon, base_env
+from tests.daemon import Daemon, base_env, free_port
 from tests.deploy_helpers import CONFIG, DOCKERFILE, flag_name, server_flags
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.kube.resources import ResourceType
 
 Doc = dict[str, Any]
 PORT = 21362
+METRICS_PORT = 21363
 # Files in config/ that are authd's own config files, not Kubernetes objects.
 AUTHD_CONFIGS = {"example.yaml", "demo.yaml"}
 
@@ -93,14 +94,16 @@ def test_daemonset_runs_on_control_plane_nodes_on_the_host_network() -> None:
 
 
 def test_probes_are_https_on_the_webhook_port() -> None:
-    """Liveness on /healthz, readiness on /readyz, both HTTPS on 127.0.0.1:21362 (the webhook
-    port serves them; the plain --health-address listener is not configured)."""
+    """Liveness on /healthz, readiness on /readyz, both HTTPS on 127.0.0.1:21362: the probes go
+    through the webhook's own TLS listener, the one kube-apiserver calls."""
     c = container()
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = c[probe]["httpGet"]
         assert get == {"host": "127.0.0.1", "path": path, "port": PORT, "scheme": "HTTPS"}
-    assert "--health-address" not in {flag_name(a) for a in c["args"]}
-    assert c["ports"] == [{"name": "https", "containerPort": PORT, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "https", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
 
 
 def test_security_context_is_kops_and_more() -> None:
@@ -160,16 +163,19 @@ def test_resources_are_set() -> None:
 
 
 def test_prometheus_annotations_point_at_metrics() -> None:
-    """The pod template tells annotation-based discovery where /metrics is, and the daemon
-    listens beyond loopback so a scraper on another node reaches it."""
+    """The pod template tells annotation-based discovery where /metrics is: the plain-HTTP
+    listener on every address, so a scraper on another node reaches it, while the webhook keeps
+    upstream's default address, 127.0.0.1."""
     annotations = the("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
         "prometheus.io/scrape": "true",
-        "prometheus.io/scheme": "https",
-        "prometheus.io/port": str(PORT),
+        "prometheus.io/scheme": "http",
+        "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
     }
-    assert "--address=0.0.0.0" in container()["args"]
+    args = container()["args"]
+    assert f"--health-address=0.0.0.0:{METRICS_PORT}" in args
+    assert "--address" not in {flag_name(a) for a in args}
 
 
 def test_service_monitor_selects_the_service() -> None:
@@ -184,11 +190,12 @@ def test_service_monitor_selects_the_service() -> None:
     port_names = {p["name"] for p in service["spec"]["ports"]}
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in port_names
-    assert (endpoint["scheme"], endpoint["path"]) == ("https", "/metrics")
+    assert (endpoint["scheme"], endpoint["path"]) == ("http", "/metrics")
     pod_labels = the("DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == container()["ports"][0]["name"]
+    assert (port["port"], port["targetPort"]) == (METRICS_PORT, "metrics")
+    assert "metrics" in {p["name"] for p in container()["ports"]}
     assert service["spec"]["publishNotReadyAddresses"] is True
 
 
@@ -243,10 +250,11 @@ def kubelet_paths(root: Path) -> dict[str, Path]:
 def test_the_daemon_serves_the_probes_with_the_daemonsets_args(tmp_path: Path) -> None:
     """The real `authd server`, given the DaemonSet's args with each path mapped through its
     volume to a simulated node (both hostPaths are one directory, as kops has it), starts, writes
-    cert, key and kubeconfig to the host directory, and answers the probes and /metrics over
-    HTTPS (trusting the certificate in the host directory). Only the listen address and port
-    are changed: tests bind 127.0.0.1 and a free port."""
+    cert, key and kubeconfig to the host directory, answers the probes over HTTPS (trusting the
+    certificate in the host directory) and /metrics over plain HTTP where Prometheus is told to
+    scrape. Only the listen addresses and ports are changed: tests bind 127.0.0.1, free ports."""
     where = kubelet_paths(tmp_path / "node")
+    metrics_port = free_port()
 
     def on_node(path: str) -> str:
         parent = str(PurePosixPath(path).parent)
@@ -255,8 +263,8 @@ def test_the_daemon_serves_the_probes_with_the_daemonsets_args(tmp_path: Path) -
     args = []
     for arg in container()["args"][1:]:
         flag, _, value = arg.partition("=")
-        if flag == "--address":
-            value = "127.0.0.1"
+        if flag == "--health-address":
+            value = f"127.0.0.1:{metrics_port}"
         elif value.startswith("/"):
             value = on_node(value)
         args.append(f"{flag}={value}")
@@ -274,9 +282,11 @@ def test_the_daemon_serves_the_probes_with_the_daemonsets_args(tmp_path: Path) -
                 assert time.monotonic() < deadline, ready.text
                 time.sleep(0.05)
             assert ready.text == "MountedFile: ok\n"
-            metrics = client.get(the("ServiceMonitor")["spec"]["endpoints"][0]["path"])
-            assert metrics.status_code == 200
-            assert "authd_reviews_total" in metrics.text
+        scrape = the("ServiceMonitor")["spec"]["endpoints"][0]
+        metrics_url = f"{scrape['scheme']}://127.0.0.1:{metrics_port}{scrape['path']}"
+        metrics = httpx.get(metrics_url, timeout=10)
+        assert metrics.status_code == 200
+        assert "authd_reviews_total" in metrics.text
     finally:
         assert daemon.stop() == 0
 

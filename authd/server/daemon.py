@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from authd.server.kube.client import KubeClient
 
 log = structlog.get_logger("authd.server")
+HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+"""What `--health-address` serves; everything else there is 404."""
 
 
 def write_state(settings: ServerSettings) -> tls.KeyPair:
@@ -225,16 +227,20 @@ async def _serve_health(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The optional plain-HTTP listener: `/healthz` and `/readyz` only."""
+    """The optional plain-HTTP listener for probes and scrapes: `/healthz`, `/readyz`, `/metrics`.
+
+    Never TokenReviews: the webhook can stay on loopback while this port is reachable from
+    other nodes (docs/deploy-kubernetes.md, "Exposure").
+    """
     host, _, port = address.rpartition(":")
 
-    async def health_only(request: Request) -> Response:
-        if request.path in ("/healthz", "/readyz"):
+    async def probes_and_metrics(request: Request) -> Response:
+        if request.path in HEALTH_PATHS:
             return await app(request)
         return Response(status=404, body=b"404 page not found\n")
 
     await serve_http(
-        health_only,
+        probes_and_metrics,
         host=host.strip("[]"),
         port=int(port),
         shutdown=shutdown,
