@@ -299,9 +299,9 @@ def render(
     lines = [
         "## Memory: the daemon's RSS at start and under distinct tokens",
         "",
-        f"{report.machine()}; {report.now()}; load average before: {load:.2f}. The machine was "
-        "shared with other work; RSS does not depend on CPU share. VmRSS of the real daemon "
-        f"process, median of {STARTS} starts, each reusing the key pair in its state dir, "
+        f"{report.machine()}; {report.now()}; load average before: {load:.2f}. RSS does not "
+        "depend on CPU share, so other work on the machine does not move it. VmRSS of the real "
+        f"daemon process, median of {STARTS} starts, each reusing the key pair in its state dir, "
         f"{SETTLE_S:.0f} s after `listening`; bytecode cached unless said otherwise.",
         "",
         "| Daemon | VmRSS |",
@@ -330,7 +330,8 @@ def render(
         "RSS rounded up to 2^n or 1.5 x 2^n Mi; docs/memory.md).",
         "",
         f"Import profile of one config-file-only start (`PYTHONPROFILEIMPORTTIME=1`): {modules} "
-        f"modules, {total_ms:.0f} ms in all (machine shared, so times are indicative).",
+        f"modules, {total_ms:.0f} ms in all (times depend on the load average above; "
+        "indicative only).",
         "",
         "| Top-level import | Cumulative ms |   | Package | Self ms (summed) |",
         "|---|---:|---|---|---:|",
