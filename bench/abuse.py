@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -320,7 +321,7 @@ def render(figures: dict[str, object]) -> str:
             f"process keeps {IDLE} idle connections, {SLOWLORIS} slowloris connections (a byte "
             f"a second), {HANDSHAKES} half-finished TLS handshakes, and {OVERSIZE_LOOPS} loops "
             "of 2 MiB bodies and 32 KiB heads open (each reopened when cut). "
-            "Machine shared with other jobs.",
+            f"Load average at the end: {os.getloadavg()[0]:.2f}.",
             "",
             "| window | reviews | errors | p50 | p99 | max |",
             "|---|---|---|---|---|---|",

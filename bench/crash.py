@@ -11,6 +11,7 @@ replacing a stale cached token. After each kill the next start runs and its resu
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def run(*, runs: int) -> str:
         "(forked from a warm one) killed with SIGKILL at a random point, 4 rounds in 5 inside "
         "the writes (from the first temporary file to a little past the calibrated end), 1 in "
         "5 anywhere from the fork; after each, the next start runs to the end and is checked. "
-        "Machine shared with other jobs.",
+        f"Load average at the end: {os.getloadavg()[0]:.2f}.",
         "",
         "| kind | rounds | killed mid-run | calibrated first write-end (after fork) "
         "| left by the kill | temp files left | failures | time |",
