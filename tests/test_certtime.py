@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from collections.abc import Callable
 
 import pytest
 from cryptography import x509
@@ -59,11 +60,31 @@ def test_both_time_encodings(when: datetime.datetime) -> None:
     assert not_after(pem) == expected(pem) == when.timestamp()
 
 
-def test_a_chain_gives_the_leafs_date() -> None:
-    """nodeup may write the leaf followed by its CA: the first certificate counts."""
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda leaf, ca: leaf + ca,
+        lambda leaf, ca: b"# issued by our CA\n\n" + leaf + b"\n" + ca,
+        lambda leaf, ca: (leaf + ca).replace(b"\n", b"\r\n"),
+    ],
+    ids=["chain", "text-around", "crlf"],
+)
+def test_a_chain_gives_the_leafs_date(layout: Callable[[bytes, bytes], bytes]) -> None:
+    """A CA-issued pair (nodeup's, or an admin's) is often the leaf then its CA, sometimes with
+    text or CRLFs around: the first certificate counts, as for ssl."""
     leaf = certificate(datetime.datetime(2028, 1, 1, tzinfo=UTC))
     ca = certificate(datetime.datetime(2040, 1, 1, tzinfo=UTC))
-    assert not_after(leaf + ca) == datetime.datetime(2028, 1, 1, tzinfo=UTC).timestamp()
+    assert not_after(layout(leaf, ca)) == datetime.datetime(2028, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_a_date_that_is_no_date_is_refused() -> None:
+    """Month 13 in a notAfter (OpenSSL may load it): an error, never a crash of the start."""
+    pem = certificate(datetime.datetime(2030, 1, 1, tzinfo=UTC))
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    assert der.count(b"300101000000Z") == 1
+    bad = ssl.DER_cert_to_PEM_cert(der.replace(b"300101000000Z", b"301301000000Z")).encode()
+    with pytest.raises(CertificateError, match="is not a date"):
+        not_after(bad)
 
 
 @pytest.mark.parametrize(

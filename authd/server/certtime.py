@@ -11,11 +11,15 @@ header of five elements finds it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
-import ssl
+import re
 
 __all__ = ["CertificateError", "not_after"]
 
+# The first certificate of a file that may hold a chain, text around it, or CRLF line ends.
+_FIRST_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
 _SEQUENCE = 0x30
 _VERSION = 0xA0
 _UTC_TIME = 0x17
@@ -32,10 +36,13 @@ def not_after(cert_pem: bytes) -> float:
     Raises:
         CertificateError: no PEM certificate, or its DER is not an X.509 certificate.
     """
+    block = _FIRST_PEM.search(cert_pem)
+    if block is None:
+        raise CertificateError("no PEM certificate")
     try:
-        der = ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii", "replace"))
-    except ValueError as exc:
-        raise CertificateError("no PEM certificate") from exc
+        der = base64.b64decode(b"".join(block[1].split()), validate=True)
+    except binascii.Error as exc:
+        raise CertificateError("PEM certificate is not base64") from exc
     tag, body, _ = _element(der, 0)
     _expect(tag, _SEQUENCE, "certificate")
     tag, tbs, _ = _element(der, body)
@@ -88,6 +95,8 @@ def _time(tag: int, value: bytes) -> float:
         raise CertificateError("certificate notAfter is not a UTCTime or GeneralizedTime")
     if not (text[:14].isdigit() and text.endswith("Z")):
         raise CertificateError(f"certificate notAfter {text!r} is not a UTC time")
-    fields = (int(text[0:4]), int(text[4:6]), int(text[6:8]))
-    clock = (int(text[8:10]), int(text[10:12]), int(text[12:14]))
-    return float(calendar.timegm((*fields, *clock, 0, 0, 0)))
+    year, month, day = int(text[0:4]), int(text[4:6]), int(text[6:8])
+    hour, minute, second = int(text[8:10]), int(text[10:12]), int(text[12:14])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        raise CertificateError(f"certificate notAfter {text!r} is not a date")
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
