@@ -516,7 +516,7 @@ class Metrics:
         self.certificate_expiry = Gauge(
             "authd_serving_certificate_expiry_timestamp_seconds",
             "Unix time at which the webhook's serving certificate (the state dir's cert.pem, "
-            "read at start) expires; 0 until it is loaded.",
+            "read at start) expires; 0 if its date could not be read.",
             registry=reg,
         )
         self.log_drops = CallbackCounter(

@@ -193,7 +193,7 @@ tests:
   # 20 days from the epoch: under 30 days at the evaluation time, not under 7.
   - series: 'authd_serving_certificate_expiry_timestamp_seconds{{instance="a"}}'
     values: '1728000x200'
-  # Not loaded yet (0): no alert.
+  # Expiry unreadable (0): no expiry alert, AuthdCertificateExpiryUnknown instead.
   - series: 'authd_serving_certificate_expiry_timestamp_seconds{{instance="b"}}'
     values: '0x200'
   # MountedFile rejects a version at 1m and loads none; DynamicFile rejects one and recovers.
@@ -217,6 +217,14 @@ tests:
   - alertname: AuthdCertificateExpiresVerySoon
     eval_time: 2h
     exp_alerts: []
+  - alertname: AuthdCertificateExpiryUnknown
+    eval_time: 2h
+    exp_alerts:
+    - exp_labels: {{severity: warning, instance: b}}
+  - alertname: AuthdAbsent
+    eval_time: 15m
+    exp_alerts:
+    - exp_labels: {{severity: critical, job: aws-iam-authenticator-metrics}}
   - alertname: AuthdBackendDegraded
     eval_time: 10m
     exp_alerts:
@@ -228,15 +236,29 @@ tests:
   - alertname: AuthdStsErrors
     eval_time: 12m
     exp_alerts: []
+- interval: 1m
+  input_series:
+  # A target that is scraped, even if failing: AuthdDown's case, not AuthdAbsent's.
+  - series: 'up{{job="aws-iam-authenticator-metrics", instance="a"}}'
+    values: '0x30'
+  alert_rule_test:
+  - alertname: AuthdAbsent
+    eval_time: 15m
+    exp_alerts: []
+  - alertname: AuthdDown
+    eval_time: 15m
+    exp_alerts:
+    - exp_labels: {{severity: critical, job: aws-iam-authenticator-metrics, instance: a}}
 """
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: prometheus)")
 def test_alerts_fire_as_docs_monitoring_describes(tmp_path: Path) -> None:
     """`promtool test rules` on series made for it: a certificate 20 days from expiry warns but
-    is not critical, one not loaded yet (0) does not; a backend that rejected a version and
-    loaded none is degraded, one that recovered is not; STS throttling alerts, and throttling
-    alone is not counted as STS errors."""
+    is not critical, one whose expiry could not be read (0) does not but is reported as
+    unknown; no target at all is AuthdAbsent, a failing one AuthdDown; a backend that rejected
+    a version and loaded none is degraded, one that recovered is not; STS throttling alerts,
+    and throttling alone is not counted as STS errors."""
     # The expressions, `for` and labels as they are; annotations dropped (promtool compares
     # them whole, and `check rules` above already parses their templates).
     doc = yaml.safe_load(RULES.read_text())
