@@ -361,13 +361,16 @@ def test_health_address_serves_probes_and_metrics_never_reviews(
     on another node need) and 404s TokenReviews, which stay on the TLS webhook port."""
     port = free_port()
     proc = Daemon(
-        [f"--config={config}", f"--health-address=127.0.0.1:{port}"],
+        [f"--config={config}", f"--health-address=127.0.0.1:{port}", "--max-header-bytes=4096"],
         state=tmp_path,
         env=base_env(),
     )
     try:
         proc.wait_for("listening")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as plain:
+            # The webhook's limits hold here too (this port may face other nodes).
+            oversized = plain.get("/healthz", headers={"x-big": "b" * 5000})
+            assert oversized.status_code == 431
             assert (plain.get("/healthz").status_code, plain.get("/healthz").text) == (200, "ok")
             assert plain.get("/readyz").status_code == 200
             metrics = plain.get("/metrics")

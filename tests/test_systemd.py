@@ -28,7 +28,7 @@ from authd.cli import build_parser
 from authd.config import FileConfig, ServerSettings
 from authd.metrics import Metrics
 from authd.server.backends import Backends
-from authd.server.daemon import Lifecycle
+from authd.server.daemon import EXTEND_BY, Lifecycle
 from authd.server.reload import Timing
 from authd.server.sdnotify import Notifier, monotonic_usec, socket_address
 from tests.conftest import BIN
@@ -352,6 +352,34 @@ async def test_ready_waits_for_the_first_snapshot(
         assert ready["READY"] == "1"
         assert ready["STATUS"] == "serving on 127.0.0.1:1; MountedFile: ok; DynamicFile: ok"
         assert backends.by_name["DynamicFile"].table is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_long_wait_for_a_backend_asks_systemd_for_more_time(
+    tmp_path: Path, path_socket: NotifySocket
+) -> None:
+    """While a backend has no snapshot, the daemon (serving already) keeps telling systemd it is
+    alive, so TimeoutStartSec never kills it for a slow API server; READY still waits."""
+    config = tmp_path / "config.yaml"
+    config.write_text("clusterID: notify-test\n")
+    dynamic = tmp_path / "dynamic.json"
+    settings = ServerSettings.resolve(
+        flags={"backend_mode": "MountedFile,DynamicFile", "dynamicfile_path": str(dynamic)},
+        env={},
+        file=FileConfig.from_file(config),
+    )
+    backends = Backends(settings, Metrics(process_collector=False))
+    backends.load_all()
+    lifecycle = Lifecycle(
+        Notifier(path_socket.value), backends, trio.Event(), poll=0.01, extend_every=0.05
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lifecycle.announce_ready, "127.0.0.1:1")
+        first = await trio.to_thread.run_sync(path_socket.receive)
+        assert "STATUS" in first and "EXTEND_TIMEOUT_USEC" not in first
+        extensions = [await trio.to_thread.run_sync(path_socket.receive) for _ in range(3)]
+        assert extensions == [{"EXTEND_TIMEOUT_USEC": str(int(EXTEND_BY * 1_000_000))}] * 3
+        assert not lifecycle.is_ready
         nursery.cancel_scope.cancel()
 
 

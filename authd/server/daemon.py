@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("authd.server")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 """What `--health-address` serves; everything else there is 404."""
+EXTEND_BY = 60.0
+"""Seconds systemd is asked to wait on, each time a start-up waiting for a backend says so."""
+HEALTH_MAX_CONNECTIONS = 64
+"""Connections the `--health-address` listener serves at once (kubelet and a few scrapers)."""
+HEALTH_MAX_CONNECTIONS_PER_CLIENT = 16
 
 
 def write_state(settings: ServerSettings) -> tls.KeyPair:
@@ -185,7 +190,7 @@ async def run_server(
                     if settings.health_address:
                         with _naming(settings.health_address):
                             await servers.start(
-                                _serve_health, settings.health_address, app, shutdown
+                                _serve_health, settings.health_address, app, shutdown, limits
                             )
                     _log_listening(settings, bound, region)
                     outer.start_soon(lifecycle.announce_ready, _join(*bound))
@@ -224,13 +229,16 @@ async def _serve_health(
     address: str,
     app: App,
     shutdown: trio.Event,
+    limits: Limits,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The optional plain-HTTP listener for probes and scrapes: `/healthz`, `/readyz`, `/metrics`.
 
     Never TokenReviews: the webhook can stay on loopback while this port is reachable from
-    other nodes (docs/deploy-kubernetes.md, "Exposure").
+    other nodes (docs/deploy-kubernetes.md, "Exposure"). The webhook's limits apply, with the
+    connection caps cut to what kubelet and a few scrapers need, so a flood here cannot hold
+    the memory the webhook's connections are sized for (docs/memory.md).
     """
     host, _, port = address.rpartition(":")
 
@@ -239,10 +247,18 @@ async def _serve_health(
             return await app(request)
         return Response(status=404, body=b"404 page not found\n")
 
+    capped = dataclasses.replace(
+        limits,
+        max_connections=min(limits.max_connections, HEALTH_MAX_CONNECTIONS),
+        max_connections_per_client=min(
+            limits.max_connections_per_client, HEALTH_MAX_CONNECTIONS_PER_CLIENT
+        ),
+    )
     await serve_http(
         probes_and_metrics,
         host=host.strip("[]"),
         port=int(port),
+        limits=capped,
         shutdown=shutdown,
         task_status=task_status,
     )
@@ -256,15 +272,24 @@ class Lifecycle:
         backends: whose first snapshots READY waits for, and whose files a reload re-reads.
         shutdown: set when shutdown begins; no READY is sent after it.
         poll: how often, in seconds, start-up looks at the backends while one has no snapshot.
+        extend_every: how often, in seconds, a start-up still waiting for a backend tells
+            systemd it is alive (`EXTEND_TIMEOUT_USEC`, EXTEND_BY seconds each time).
     """
 
     def __init__(
-        self, notifier: Notifier, backends: Backends, shutdown: trio.Event, *, poll: float = 0.1
+        self,
+        notifier: Notifier,
+        backends: Backends,
+        shutdown: trio.Event,
+        *,
+        poll: float = 0.1,
+        extend_every: float = 20.0,
     ) -> None:
         self.notifier = notifier
         self.backends = backends
         self.shutdown = shutdown
         self.poll = poll
+        self.extend_every = extend_every
         self.address = ""
         self.is_ready = False  # READY=1 was sent for the start-up
 
@@ -282,10 +307,14 @@ class Lifecycle:
 
         Called once the listener accepts on `address`. A backend without a snapshot (a
         DynamicFile not written yet, an API server not reachable yet) holds READY back, and
-        STATUS says which one. Returns without READY when shutdown begins first.
+        STATUS says which one. Meanwhile the daemon serves, so systemd is asked to wait on
+        (EXTEND_TIMEOUT_USEC every `extend_every` seconds) instead of killing it when
+        TimeoutStartSec runs out; a daemon that stops saying so is killed EXTEND_BY seconds
+        later. Returns without READY when shutdown begins first.
         """
         self.address = address
         shown = ""
+        extend_at = trio.current_time() + self.extend_every
         while missing := self.missing():
             if self.shutdown.is_set():
                 return
@@ -296,6 +325,9 @@ class Lifecycle:
                 self.notifier.status(waiting)
                 log.info("not ready yet: waiting for the first mapping", backends=missing)
                 shown = waiting
+            if trio.current_time() >= extend_at:
+                self.notifier.extend_start(EXTEND_BY)
+                extend_at = trio.current_time() + self.extend_every
             await trio.sleep(self.poll)
         if self.shutdown.is_set():
             return

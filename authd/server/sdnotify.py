@@ -2,7 +2,8 @@
 
 The service manager passes a socket address in `NOTIFY_SOCKET`: a file-system path, or an
 abstract name written with a leading `@`. Each message is one datagram of `KEY=value` lines
-(`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=...`, `MONOTONIC_USEC=...`). Without the
+(`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=...`, `MONOTONIC_USEC=...`,
+`EXTEND_TIMEOUT_USEC=...`). Without the
 variable (not run by systemd, or `Type=simple`) every call is a no-op. A message that cannot be
 sent is logged once per kind and dropped: telling systemd must never stop a review. See
 docs/deploy-systemd.md for what the daemon sends and when.
@@ -90,6 +91,10 @@ class Notifier:
     def stopping(self, status: str) -> bool:
         """`STOPPING=1`: shutdown has begun."""
         return self.send(STOPPING=1, STATUS=status)
+
+    def extend_start(self, seconds: float) -> bool:
+        """`EXTEND_TIMEOUT_USEC=`: still starting and alive; wait `seconds` more from now."""
+        return self.send(EXTEND_TIMEOUT_USEC=int(seconds * 1_000_000))
 
     def status(self, status: str) -> bool:
         """`STATUS=`: a free-form line `systemctl status` shows."""
