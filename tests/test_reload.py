@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,6 +340,46 @@ async def test_trigger_reapplies_unchanged_content(
         run.reloader.trigger()
         await run.target.wait_until(lambda: len(run.target.applied) == 2)
         assert run.target.changes[-1].trigger == "signal"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_signal_during_a_judge_waits_for_a_read_begun_after_it(
+    watcher: DirectoryWatcher, tmp_path: Path
+) -> None:
+    """SIGHUP while a version read before it is still being parsed: `wait_forced` returns only
+    once a read begun after the signal has been judged, never on the older read's outcome (the
+    race a review found: READY=1 was sent for a version read before the reload)."""
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"v1")
+    parsing, release = threading.Event(), threading.Event()
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, watcher, path)
+        original = run.target.parse
+
+        def slow_parse(data: bytes) -> bytes:
+            if data == b"v2":
+                parsing.set()
+                release.wait(WAIT)
+            return original(data)
+
+        run.target.parse = slow_parse  # type: ignore[method-assign]
+        replace(path, b"v2")
+        with trio.fail_after(WAIT):
+            await trio.to_thread.run_sync(parsing.wait, WAIT)
+        ticket = run.reloader.trigger()  # v2 was read before this signal
+        done = trio.Event()
+
+        async def wait() -> None:
+            await run.reloader.wait_forced(ticket)
+            done.set()
+
+        nursery.start_soon(wait)
+        release.set()
+        with trio.fail_after(WAIT):
+            await done.wait()
+        # Checked as soon as the wait returns: the signal's own read is already judged.
+        assert [c.trigger for c in run.target.changes] == ["start", "event", "signal"]
+        assert run.target.applied == [b"v1", b"v2", b"v2"]
         nursery.cancel_scope.cancel()
 
 

@@ -301,10 +301,12 @@ class Backends:
 
     # --- signals and readiness ---
 
-    def trigger_reload(self) -> None:
-        """SIGHUP: re-read every watched file now, even if its content did not change."""
-        for reloader in self.reloaders:
-            reloader.trigger()
+    async def reload_all(self) -> None:
+        """SIGHUP: re-read every watched file now, even if its content did not change, and
+        return once each has been judged by a read begun after this call."""
+        tickets = [(reloader, reloader.trigger()) for reloader in list(self.reloaders)]
+        for reloader, ticket in tickets:
+            await reloader.wait_forced(ticket)
 
     def readiness(self) -> tuple[bool, str]:
         """(every backend of the chain has a good snapshot and no problem, one line each)."""

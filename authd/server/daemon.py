@@ -346,11 +346,7 @@ class Lifecycle:
         announce = self.is_ready and not self.shutdown.is_set()
         if announce:
             self.notifier.reloading(f"reloading mappings (SIGHUP); {self.status()}")
-        reloaders = list(self.backends.reloaders)
-        counts = [reloader.checks for reloader in reloaders]
-        self.backends.trigger_reload()
-        for reloader, count in zip(reloaders, counts, strict=True):
-            await reloader.wait_checked(count + 1)
+        await self.backends.reload_all()
         if announce and not self.shutdown.is_set():
             self.notifier.ready(self.status())
 

@@ -551,16 +551,29 @@ class FileReloader(Generic[T]):
         self._timing = timing or Timing()
         self._digest = digest
         self._on_watch_error = on_watch_error
-        self._forced = False
+        # Forced re-reads (SIGHUP) asked for, and the last one a judged read began after.
+        self._forces_asked = 0
+        self._forces_done = 0
         self._sub: Subscription | None = None
         self.checks = 0  # settled reads judged so far (tests and benches wait on it)
         self._checked = trio.Event()
 
-    def trigger(self) -> None:
-        """Re-read and re-apply now, even if the content is unchanged (SIGHUP)."""
-        self._forced = True
+    def trigger(self) -> int:
+        """Re-read and re-apply now, even if the content is unchanged (SIGHUP).
+
+        Returns:
+            The ticket to hand `wait_forced`: it is done once a read begun after this call has
+            been judged (a read already under way when the signal came does not count).
+        """
+        self._forces_asked += 1
         if self._sub is not None:
             self._sub.ring(event=False)
+        return self._forces_asked
+
+    async def wait_forced(self, ticket: int) -> None:
+        """Wait until the forced re-read `ticket` (from `trigger`) has been judged."""
+        while self._forces_done < ticket:
+            await self._checked.wait()
 
     async def wait_checked(self, count: int) -> None:
         """Wait until at least `count` settled reads have been judged (for tests and benches)."""
@@ -583,8 +596,8 @@ class FileReloader(Generic[T]):
         try:
             trigger = "start"
             while True:
-                change = await self._settle(sub, watcher, trigger)
-                await self._judge(change)
+                change, forces = await self._settle(sub, watcher, trigger)
+                await self._judge(change, forces)
                 if trigger == "start":
                     task_status.started()
                 with trio.move_on_after(self._timing.resync) as idle:
@@ -594,8 +607,11 @@ class FileReloader(Generic[T]):
             self._sub = None
             watcher.unsubscribe(sub)
 
-    async def _settle(self, sub: Subscription, watcher: DirectoryWatcher, trigger: str) -> Change:
-        """Debounce, then read until a read is stable; return the settled version."""
+    async def _settle(
+        self, sub: Subscription, watcher: DirectoryWatcher, trigger: str
+    ) -> tuple[Change, int]:
+        """Debounce, then read until a read is stable; return the settled version and the
+        forced re-reads asked for before that read began (which its judging serves)."""
         while True:
             while True:  # debounce: wait for a quiet period
                 sub.clear()
@@ -605,21 +621,27 @@ class FileReloader(Generic[T]):
                     break
             await watcher.refresh_off_loop(sub)  # a directory may have appeared or been replaced
             generation = sub.generation
+            forces = self._forces_asked
+            forced = forces > self._forces_done
             read = await trio.to_thread.run_sync(read_file, self.path)
             if sub.generation != generation or not read.stable:
                 continue  # written while we read: settle again
-            if read.data == b"" and not self._forced:
+            if read.data == b"" and not forced:
                 with trio.move_on_after(self._timing.empty_grace) as grace:
                     await sub.wait()
                 if not grace.cancelled_caught:
                     continue  # the writer went on: settle again
             event_at, sub.first_event_at = sub.first_event_at, None
-            trigger = "signal" if self._forced else trigger
-            return _change(self.path, read, event_at=event_at, trigger=trigger)
+            trigger = "signal" if forced else trigger
+            return _change(self.path, read, event_at=event_at, trigger=trigger), forces
 
-    async def _judge(self, change: Change) -> None:
-        """Skip a no-op, else parse off-thread and apply, reject or report missing."""
-        forced, self._forced = self._forced, False
+    async def _judge(self, change: Change, forces: int) -> None:
+        """Skip a no-op, else parse off-thread and apply, reject or report missing.
+
+        `forces` (from `_settle`) says which forced re-reads this read serves: one asked for
+        after it began is still pending, and its ring brings another read.
+        """
+        forced = forces > self._forces_done
         try:
             if change.digest == self._digest and not forced:
                 return
@@ -629,6 +651,7 @@ class FileReloader(Generic[T]):
                 outcome = await trio.to_thread.run_sync(_parse, self._target, data, self.path)
                 _deliver(self._target, outcome, change)
         finally:
+            self._forces_done = max(self._forces_done, forces)
             self.checks += 1
             self._checked.set()
             self._checked = trio.Event()
