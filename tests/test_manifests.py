@@ -94,12 +94,20 @@ def test_daemonset_runs_on_control_plane_nodes_on_the_host_network() -> None:
 
 
 def test_probes_are_https_on_the_webhook_port() -> None:
-    """Liveness on /healthz, readiness on /readyz, both HTTPS on 127.0.0.1:21362: the probes go
-    through the webhook's own TLS listener, the one kube-apiserver calls."""
+    """Start-up and liveness on /healthz, readiness on /readyz, all HTTPS on 127.0.0.1:21362:
+    the probes go through the webhook's own TLS listener, the one kube-apiserver calls. The
+    start-up probe allows 5 minutes before liveness may kill a daemon still loading."""
     c = container()
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    probes = (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    )
+    for probe, path in probes:
         get = c[probe]["httpGet"]
         assert get == {"host": "127.0.0.1", "path": path, "port": PORT, "scheme": "HTTPS"}
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 300
     assert c["ports"] == [
         {"name": "https", "containerPort": PORT, "protocol": "TCP"},
         {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
