@@ -26,6 +26,7 @@ COPY setup.cfg pyproject.toml README.md ./
 COPY authd ./authd
 # setup.cfg bounds every dependency; pip compiles each module's bytecode as it installs.
 RUN /opt/authd/bin/pip install --no-cache-dir ./ \
+ && /opt/authd/bin/python -m pip uninstall -y -q pip setuptools \
  && /opt/authd/bin/python -m compileall -q /opt/authd/lib
 
 FROM ${PYTHON_IMAGE}
@@ -51,6 +52,6 @@ RUN ln -s /opt/authd/bin/aws-iam-authenticator /aws-iam-authenticator \
  && install -d -o 10000 -g 10000 -m 0755 /etc/kubernetes/aws-iam-authenticator
 VOLUME ["/var/aws-iam-authenticator", "/etc/kubernetes/aws-iam-authenticator"]
 USER 10000:10000
-EXPOSE 21362
+EXPOSE 21362 21363
 ENTRYPOINT ["authd"]
 CMD ["server", "--config=/etc/aws-iam-authenticator/config.yaml", "--state-dir=/var/aws-iam-authenticator", "--generate-kubeconfig=/etc/kubernetes/aws-iam-authenticator/kubeconfig.yaml"]

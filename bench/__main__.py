@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "abuse": "bench.abuse",
     "crash": "bench.crash",
     "fuzz": "bench.fuzz",
+    "image": "bench.image",
 }
 LONG: dict[str, str] = {
     "soak": "bench.soak",

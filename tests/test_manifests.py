@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -358,3 +360,45 @@ def test_kubectl_client_dry_run_accepts_every_manifest(api: FakeApiServer, tmp_p
     ):
         assert expected in created
     assert not [r for r in api.requests if r.method != "GET" and r.status < 300]
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy-kubernetes.md"
+FROM_CHECKOUT = "# from a checkout (tests/test_manifests.py runs this block"
+ELSEWHERE = ("# on a machine with a container engine", "# as root on each control-plane node")
+
+
+def doc_blocks() -> list[list[str]]:
+    """The lines of every ```sh block of docs/deploy-kubernetes.md."""
+    text = DOC.read_text()
+    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_every_doc_command_says_where_it_runs() -> None:
+    """Each shell block is run here or says why it cannot be (no container engine, a node)."""
+    for block in doc_blocks():
+        assert block[0].startswith((FROM_CHECKOUT, *ELSEWHERE)), block[0]
+    assert any(block[0].startswith(FROM_CHECKOUT) for block in doc_blocks())
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_doc_install_commands_run(api: FakeApiServer, tmp_path: Path) -> None:
+    """The install order's `kubectl apply` lines, as printed, each accepted by kubectl
+    (`--dry-run=client`, against the fake API server, from the checkout)."""
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    ran = 0
+    for block in doc_blocks():
+        if not block[0].startswith(FROM_CHECKOUT):
+            continue
+        for line in block[1:]:
+            command = shlex.split(line, comments=True)
+            assert command[:2] == ["kubectl", "apply"], line
+            out = subprocess.run(
+                [*command, f"--kubeconfig={kubeconfig}", f"--cache-dir={tmp_path}/cache",
+                 "--dry-run=client"],
+                cwd=DOC.parents[1], env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert out.returncode == 0, (line, out.stderr)
+            assert "created (dry run)" in out.stdout, line
+            ran += 1
+    assert ran == 5
