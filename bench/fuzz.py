@@ -103,7 +103,7 @@ def run(*, runs: int) -> str:
     lines = [
         "## Fuzzing: the properties of `make test`, 100,000 cases",
         "",
-        f"{report.machine()}; {report.now()}; load average before: {load:.2f} (machine shared).",
+        f"{report.machine()}; {report.now()}; load average before: {load:.2f}.",
         "",
         "| target | cases | failures | seconds | cases/s |",
         "|---|---:|---:|---:|---:|",

@@ -416,7 +416,7 @@ def render(latency: ApplyLatency, f: BigFigures, *, trials: int, runs: int, load
         "",
         f"- Date: {report.now()}",
         f"- Machine: {report.machine()}; 1-minute load average before the run: {load:.2f} "
-        "(a shared machine: other work running at the same time shows in p99 and max)",
+        "(other work on the machine shows in p99 and max)",
         f"- Command: `python -m bench kube --runs {runs}`: the fake API server of tests/fakes "
         "(HTTPS on 127.0.0.1), the real daemon process for the review latency, the real "
         "backends in process for the big collections",

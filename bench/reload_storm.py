@@ -492,7 +492,7 @@ def render(
     lines = [
         f"- Date: {report.now()}",
         f"- Machine: {report.machine()}; 1-minute load average before the run: {load:.2f} "
-        "(**shared machine**: other work ran at the same time; it shows in the timings only)",
+        "(other work on the machine shows in the timings only)",
         "- Command: `python -m bench reload-storm` (real daemon process, real inotify, "
         "production timings; as root the daemon runs under `setpriv --bounding-set "
         f"{DROP_DAC}` so a mode-000 file is unreadable to it)",
