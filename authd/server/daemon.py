@@ -52,6 +52,7 @@ EXTEND_BY = 60.0
 HEALTH_MAX_CONNECTIONS = 64
 """Connections the `--health-address` listener serves at once (kubelet and a few scrapers)."""
 HEALTH_MAX_CONNECTIONS_PER_CLIENT = 16
+"""Of those, how many one client IP may hold."""
 
 
 def write_state(settings: ServerSettings) -> tls.KeyPair:
