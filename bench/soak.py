@@ -385,8 +385,7 @@ def render(result: Soak, *, load: float) -> str:
     lines = [
         f"- Date: {result.started} (start)",
         f"- Machine: {report.machine()}; 1-minute load average before the run: {load:.2f}. "
-        "**Shared machine**: other work (tests, builds, benches of other people) ran at the same "
-        "time, which shows in the latencies, not in the memory figures.",
+        "Other work on the machine would show in the latencies, not in the memory figures.",
         f"- Command: `python -m bench soak --minutes {result.minutes}`",
         f"- Load: {CLIENTS} keep-alive TLS clients paced to {RATE:g} reviews/s together; a new "
         f"token every second ({result.tokens:,} tokens: each one STS call, then cache hits).",
