@@ -65,6 +65,26 @@ def test_entry_lives_until_the_token_expires_inclusive() -> None:
     assert len(cache) == 0
 
 
+def test_a_store_sweeps_expired_entries_from_the_old_end() -> None:
+    """Under token churn no expired token is looked up again: each store drops the expired
+    entries at the least recently used end, and stops at the first one still valid."""
+    causes: list[str] = []
+    cache = IdentityCache(max_entries=100, on_evict=causes.append)
+    for index in range(3):
+        cache.put(f"old{index}".encode(), entry(f"old{index}", expires=NOW + timedelta(minutes=1)))
+    cache.put(b"valid", entry("valid", expires=NOW + timedelta(minutes=30)))
+    cache.put(b"behind", entry("behind", expires=NOW + timedelta(minutes=1)))
+    before = cache.size_bytes
+    later = NOW + timedelta(minutes=5)
+    cache.put(b"new", entry("new", expires=later + timedelta(minutes=15)), now=later)
+    assert causes == ["expired"] * 3
+    # "behind" expired too, but sits after a valid entry: it goes when looked up or pushed out.
+    assert [k for k in (b"old0", b"old1", b"old2") if cache.get(k, now=NOW)] == []
+    assert cache.get(b"behind", now=NOW) is not None
+    assert len(cache) == 3
+    assert cache.size_bytes == before - 3 * entry_bytes(entry("old0")) + entry_bytes(entry("new"))
+
+
 def test_bytes_bound_evicts_least_recently_used() -> None:
     """With room for many entries but few bytes, the byte bound evicts, oldest first."""
     causes: list[str] = []

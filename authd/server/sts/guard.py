@@ -265,7 +265,7 @@ class StsGuard:
             entry = CachedIdentity(
                 identity=identity, cluster_id=cluster_id, expires_at=request.expires_at
             )
-            self.cache.put(key, entry)
+            self.cache.put(key, entry, now=now)
             self.proven.add(request.access_key_id, now=trio.current_time())
             return entry
         raise AssertionError("unreachable: cluster_ids is never empty")

@@ -75,7 +75,8 @@ class IdentityCache:
     """A least-recently-used map of token keys to verified identities, bounded in entries and bytes.
 
     `on_evict(cause)` is called for each entry dropped: `"size"` when a bound pushed it out,
-    `"expired"` when a lookup found it past its token's validity.
+    `"expired"` when a lookup, or a store sweeping the least recently used end, found it past its
+    token's validity.
     """
 
     __slots__ = ("_bytes", "_entries", "_on_evict", "max_bytes", "max_entries")
@@ -129,8 +130,16 @@ class IdentityCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, entry: CachedIdentity) -> None:
-        """Store `entry`, pushing out the least recently used entries beyond either bound."""
+    def put(self, key: bytes, entry: CachedIdentity, *, now: datetime | None = None) -> None:
+        """Store `entry`, pushing out the least recently used entries beyond either bound.
+
+        With `now`, expired entries at the least recently used end go first: under token churn
+        no expired token is looked up again, and without this sweep the cache would fill to its
+        byte bound with them (docs/RELIABILITY.md, "Soak"). The sweep stops at the first entry
+        still valid, so a store costs one comparison when nothing has expired.
+        """
+        if now is not None:
+            self._drop_expired(now)
         size = entry_bytes(entry)
         if self.max_entries == 0 or size > self.max_bytes:
             return
@@ -143,6 +152,16 @@ class IdentityCache:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= dropped
             self._evicted(EVICTED_FOR_SIZE)
+
+    def _drop_expired(self, now: datetime) -> None:
+        """Drop expired entries from the least recently used end, up to the first valid one."""
+        while self._entries:
+            key, (oldest, size) = next(iter(self._entries.items()))
+            if now <= oldest.expires_at:
+                return
+            del self._entries[key]
+            self._bytes -= size
+            self._evicted(EVICTED_EXPIRED)
 
     def _evicted(self, cause: str) -> None:
         if self._on_evict is not None:
