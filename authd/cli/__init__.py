@@ -11,20 +11,29 @@ traceback), 2 a usage error (argparse's own convention), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from authd.cli import common, version
+from authd.cli import common
 from authd.errors import AuthdError
 
 Runner = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
+COMMANDS = (
+    "token", "server", "init", "verify", "explain", "version", "add", "validate", "diff", "help"
+)  # fmt: skip
+"""The subcommands, each the module `authd.cli.<name>`, in the order `--help` lists them."""
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the whole parser: global flags work before or after the subcommand, as upstream."""
-    from authd.cli import add, diff, explain, help, init, server, token, validate, verify
 
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser: global flags work before or after the subcommand, as upstream.
+
+    With `only`, just that subcommand is registered (and its module imported): `main` does so
+    for `token`, which kubectl runs before every command it sends, so the other subcommands'
+    modules never load there (docs/BENCHMARKS.md, the token start-up).
+    """
     parents = [common.global_flags()]
     parser = argparse.ArgumentParser(
         prog="authd",
@@ -33,15 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (token, server, init, verify, explain, version, add, validate, diff, help):
-        module.add_parser(sub, parents)
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"authd.cli.{name}").add_parser(sub, parents)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run authd with `argv` (default `sys.argv[1:]`) and `env` (default `os.environ`)."""
     environ = os.environ if env is None else env
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `token` first: nothing before it, so only its parser can apply (kubectl's exec stanza).
+    only = "token" if arguments[:1] == ["token"] else None
+    args = build_parser(only).parse_args(arguments)
     runner: Runner = args.run
     try:
         return runner(args, environ)
