@@ -313,11 +313,9 @@ def test_notifier_survives_a_gone_manager(tmp_path: Path) -> None:
     assert notifier.stopping("bye") is False
 
 
-async def test_ready_waits_for_the_first_snapshot(
-    tmp_path: Path, path_socket: NotifySocket
-) -> None:
-    """With the DynamicFile missing, start-up says why in STATUS and never READY; READY comes
-    with the first snapshot, and its STATUS shows every backend ok."""
+def waiting_backends(tmp_path: Path) -> tuple[Backends, Path]:
+    """MountedFile and DynamicFile backends, loaded, whose DynamicFile does not exist yet; and
+    that file's path."""
     config = tmp_path / "config.yaml"
     config.write_text("clusterID: notify-test\n")
     dynamic = tmp_path / "dynamic.json"
@@ -328,6 +326,15 @@ async def test_ready_waits_for_the_first_snapshot(
     )
     backends = Backends(settings, Metrics(process_collector=False))
     backends.load_all()
+    return backends, dynamic
+
+
+async def test_ready_waits_for_the_first_snapshot(
+    tmp_path: Path, path_socket: NotifySocket
+) -> None:
+    """With the DynamicFile missing, start-up says why in STATUS and never READY; READY comes
+    with the first snapshot, and its STATUS shows every backend ok."""
+    backends, dynamic = waiting_backends(tmp_path)
     shutdown = trio.Event()
     lifecycle = Lifecycle(Notifier(path_socket.value), backends, shutdown, poll=0.01)
     timing = Timing(debounce=0.02, empty_grace=0.3, resync=60.0)
@@ -360,16 +367,7 @@ async def test_a_long_wait_for_a_backend_asks_systemd_for_more_time(
 ) -> None:
     """While a backend has no snapshot, the daemon (serving already) keeps telling systemd it is
     alive, so TimeoutStartSec never kills it for a slow API server; READY still waits."""
-    config = tmp_path / "config.yaml"
-    config.write_text("clusterID: notify-test\n")
-    dynamic = tmp_path / "dynamic.json"
-    settings = ServerSettings.resolve(
-        flags={"backend_mode": "MountedFile,DynamicFile", "dynamicfile_path": str(dynamic)},
-        env={},
-        file=FileConfig.from_file(config),
-    )
-    backends = Backends(settings, Metrics(process_collector=False))
-    backends.load_all()
+    backends, _ = waiting_backends(tmp_path)
     lifecycle = Lifecycle(
         Notifier(path_socket.value), backends, trio.Event(), poll=0.01, extend_every=0.05
     )
