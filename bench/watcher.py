@@ -193,7 +193,7 @@ def render(found: dict[str, object]) -> str:
         "",
         "The directory watch does not ask the kernel for single writes (a file written in place "
         "is seen when its writer closes it), and events on names the config does not resolve "
-        "through are dropped in watchdog's thread (authd/server/reload.py). Before (main at "
+        "through are dropped in watchdog's thread (authd/server/dirwatch.py). Before (main at "
         "cdf804b, the same bench with that tree's daemon: `PYTHONPATH=<that tree> python -m "
         "bench watcher --no-write`), every appended line was an inotify event handled by "
         "watchdog's threads and the trio thread: the writer beside the config cost 22.8% of "

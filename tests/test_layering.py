@@ -233,3 +233,16 @@ def test_a_copied_constant_is_flagged_but_a_docstring_is_not() -> None:
     assert spelled_constants(source) == {"k8s-aws-v1."}
     assert spelled_constants('def f():\n    """Sends x-k8s-aws-id."""\n') == set()
     assert spelled_constants('h = {f"x-k8s-aws-id": 1}\n') == {"x-k8s-aws-id"}
+
+
+MAX_MODULE_LINES = 700
+
+
+def test_no_module_is_longer_than_700_lines() -> None:
+    """A module past 700 lines has likely grown a second job: split it along that seam."""
+    long = {
+        str(path.relative_to(ROOT)): count
+        for path in ROOT.rglob("*.py")
+        if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}

@@ -13,14 +13,8 @@ import pytest
 import trio
 
 from authd.errors import ConfigError
-from authd.server.reload import (
-    Change,
-    DirectoryWatcher,
-    FileReloader,
-    Timing,
-    open_directory_watcher,
-    resolution_paths,
-)
+from authd.server.dirwatch import DirectoryWatcher, open_directory_watcher, resolution_paths
+from authd.server.reload import Change, FileReloader, Timing
 
 FAST = Timing(debounce=0.05, empty_grace=0.3, resync=60.0)
 WAIT = 10.0  # bound for every wait on an event; a pass takes milliseconds

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import trio
 
-from authd.server.reload import DirectoryWatcher, read_file
+from authd.server.dirwatch import DirectoryWatcher
+from authd.server.reload import read_file
 from tests.test_reload import replace, start, watcher
 
 __all__ = ["watcher"]  # the fixture, used by name

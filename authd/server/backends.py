@@ -36,13 +36,8 @@ from authd.errors import AuthdError
 from authd.mapping.chain import Backend, MapperChain
 from authd.metrics import Metrics
 from authd.names import KUBE_BACKENDS
-from authd.server.reload import (
-    DirectoryWatcher,
-    FileReloader,
-    Timing,
-    load_now,
-    open_directory_watcher,
-)
+from authd.server.dirwatch import DirectoryWatcher, open_directory_watcher
+from authd.server.reload import FileReloader, Timing, load_now
 from authd.server.targets import BackendModeTarget, ConfigTarget, DynamicTarget
 
 if TYPE_CHECKING:
