@@ -28,20 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report
 from bench.server import (
-    BenchError,
     ensure_tools,
-    post_review,
     rss_mib,
     sigterm_unwinds,
-    start_authd,
-    start_nginx,
 )
-from bench.sts_protection import make_token
+from bench.sts_protection import start_hit_daemon
 
 SECTION = "abuse"
 DESCRIPTION = "cache-hit review latency under idle, slowloris, half-handshake, oversize abuse"
@@ -262,15 +257,7 @@ def _connections(pid: int) -> int:
 def measure(work: Path, stack: contextlib.ExitStack) -> dict[str, object]:
     """The quiet window, then the abused one; the abuser's counts and the daemon's state."""
     _, nginx = ensure_tools()
-    _, sts_port = start_nginx(stack, nginx, work)
-    authd, port, cert = start_authd(stack, work, sts_port=sts_port)
-    context = ssl.create_default_context(cafile=str(cert))
-    token = make_token(
-        f"http://127.0.0.1:{sts_port}", signed=datetime.now(UTC), key="AKIABENCHEXAMPLE0000", n=1
-    )
-    status, answer = post_review(port, context, token)
-    if status != 200:
-        raise BenchError(f"authd refused the bench token: {status} {answer}")
+    authd, port, cert, context, token = start_hit_daemon(stack, work, nginx)
     quiet = _client(port, context, token, MEASURE_S)
     argv = [sys.executable, "-c", ABUSER, str(port), str(cert)]
     argv += [str(n) for n in (IDLE, SLOWLORIS, HANDSHAKES, OVERSIZE_LOOPS)]

@@ -25,6 +25,7 @@ import json
 import re
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -207,21 +208,27 @@ def calls_per_token(sts: StandInSts, *, cache_size: int) -> tuple[int, int]:
 # --- 2. reviews/s on cache hits vs the trio+h11 yardstick --------------------------------------
 
 
+def start_hit_daemon(
+    stack: contextlib.ExitStack, work: Path, nginx: str
+) -> tuple[subprocess.Popen[bytes], int, Path, ssl.SSLContext, str]:
+    """nginx as STS and the real daemon, and one token it has just allowed: every later review
+    of that token is an identity-cache hit. Returns (process, port, cert, TLS context, token)."""
+    _, sts_port = start_nginx(stack, nginx, work)
+    authd, port, cert = start_authd(stack, work, sts_port=sts_port)
+    context = ssl.create_default_context(cafile=str(cert))
+    token = make_token(
+        f"http://127.0.0.1:{sts_port}", signed=datetime.now(UTC), key="AKIABENCHEXAMPLE0000", n=1
+    )
+    status, answer = post_review(port, context, token)
+    if status != 200:
+        raise BenchError(f"authd refused the bench token: {status} {answer}")
+    return authd, port, cert, context, token
+
+
 def cache_hit_rates(work: Path, stack: contextlib.ExitStack) -> dict[str, list[WrkResult]]:
     """wrk against authd (one token, so every review after the first is a hit) and trio+h11."""
     wrk, nginx = ensure_tools()
-    _, sts_port = start_nginx(stack, nginx, work)
-    authd, authd_port, cert = start_authd(stack, work, sts_port=sts_port)
-    context = ssl.create_default_context(cafile=str(cert))
-    token = make_token(
-        f"http://127.0.0.1:{sts_port}",
-        signed=datetime.now(UTC),
-        key="AKIABENCHEXAMPLE0000",
-        n=1,
-    )
-    status, answer = post_review(authd_port, context, token)
-    if status != 200:
-        raise BenchError(f"authd refused the bench token: {status} {answer}")
+    authd, authd_port, cert, context, token = start_hit_daemon(stack, work, nginx)
     _, h11_port = start_yardstick(stack, "h11", work, cert=cert)
     targets = {"authd, cache hits (one token)": authd_port, "trio+h11 bare handler": h11_port}
     results: dict[str, list[WrkResult]] = {label: [] for label in targets}

@@ -12,13 +12,11 @@ median noisy rate to the median quiet rate. Target: the writer costs less than 5
 from __future__ import annotations
 
 import contextlib
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report
@@ -27,13 +25,10 @@ from bench.server import (
     WrkResult,
     cpu_seconds,
     ensure_tools,
-    post_review,
     run_wrk,
     sigterm_unwinds,
-    start_authd,
-    start_nginx,
 )
-from bench.sts_protection import make_token, metric
+from bench.sts_protection import metric, start_hit_daemon
 
 SECTION = "watcher"
 DESCRIPTION = "cache-hit reviews/s with a writer appending 1,000 lines/s beside the config"
@@ -99,15 +94,7 @@ def idle_cpu(authd_pid: int, log: Path, *, writer: bool) -> float:
 def measure(work: Path, stack: contextlib.ExitStack) -> dict[str, object]:
     """Alternate quiet and noisy wrk windows against one daemon; collect rates and CPU."""
     wrk, nginx = ensure_tools()
-    _, sts_port = start_nginx(stack, nginx, work)
-    authd, port, cert = start_authd(stack, work, sts_port=sts_port)
-    context = ssl.create_default_context(cafile=str(cert))
-    token = make_token(
-        f"http://127.0.0.1:{sts_port}", signed=datetime.now(UTC), key="AKIABENCHEXAMPLE0000", n=1
-    )
-    status, answer = post_review(port, context, token)
-    if status != 200:
-        raise BenchError(f"authd refused the bench token: {status} {answer}")
+    authd, port, _, context, token = start_hit_daemon(stack, work, nginx)
     logs = {
         "beside": work / "config" / "neighbour.log",  # beside config.yaml: watched directory
         "elsewhere": work / "elsewhere" / "neighbour.log",  # the writer's own cost, as control
