@@ -249,7 +249,7 @@ def answers_http(port: int) -> bool:
 
 
 def start_authd(
-    stack: contextlib.ExitStack, work: Path, *, sts_port: int, transport: str = "h11"
+    stack: contextlib.ExitStack, work: Path, *, sts_port: int, transport: str = "authd"
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The real daemon: its process, port, and the certificate it serves (the yardsticks' too).
 
@@ -566,7 +566,7 @@ class Run:
 
 
 AUTHDS = {
-    "h11": "authd, H11Transport (a new token every review)",
+    "authd": "authd, Http1Transport (a new token every review)",
     "httpx": "authd, httpx's transport (a new token every review)",
 }
 """The daemons measured, by STS transport; the first is the shipped one."""

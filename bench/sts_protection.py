@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import trio
 
-from authd.server.sts.transport import H11Transport
+from authd.server.sts.transport import Http1Transport
 from bench import report
 from bench.server import (
     BIN,
@@ -480,7 +480,7 @@ async def _review_all(
     # authd's own lean transport: httpx's default pool scans every pooled connection on each
     # request, which at 200 connections made this client the bottleneck (about 66 reviews/s,
     # so only a handful of lookups were ever pending when a DescribeInstances batch formed).
-    transport = H11Transport(ssl_context=context, max_connections=CONNECTIONS)
+    transport = Http1Transport(ssl_context=context, max_connections=CONNECTIONS)
     async with httpx.AsyncClient(transport=transport, timeout=120) as client:
 
         async def worker() -> None:
@@ -609,7 +609,7 @@ def render(
         "slot), up to 100: started at once, 5,000 lookups make 50 calls. Through the daemon "
         f"batches averaged {nodes['nodes'] / max(nodes['calls'], 1):.1f} IDs: the 200 "
         "closed-loop connections keep fewer lookups pending than 5,000 at once, and each answer "
-        "frees a connection for the next node. (The client uses authd's H11Transport: httpx's "
+        "frees a connection for the next node. (The client uses authd's Http1Transport: httpx's "
         "default pool scans every pooled connection per request and, at 200 connections, had "
         "made the client itself the bottleneck, at about 66 reviews/s and 5 IDs a batch.) A "
         "longer `--ec2-batch-window` trades latency for fuller batches.",

@@ -51,7 +51,7 @@ from authd.server.authenticator import Authenticator
 from authd.server.http import Limits, Request, Response, serve_stream
 from authd.server.sts.client import StsClient
 from authd.server.sts.guard import StsProtection
-from authd.server.sts.transport import H11Transport
+from authd.server.sts.transport import Http1Transport
 from authd.token import EndpointPolicy, encode, verify
 from tests.fakes.canary import Canary
 from tests.fakes.signing_sts import SigningSts, decode_url, genuine, sign
@@ -119,7 +119,7 @@ _last_count = [0]  # cases the last `run` got through, failing or not (for `time
 
 
 class _Routing(httpx.AsyncBaseTransport):
-    """The real H11Transport for loopback; AWS STS hosts answered 403 here; all requests noted."""
+    """The real Http1Transport for loopback; AWS STS hosts answered 403 here; all requests noted."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
@@ -140,7 +140,7 @@ class _Routing(httpx.AsyncBaseTransport):
 
 
 class TokenHarness:
-    """The App over the real authenticator, StsClient and H11Transport, on its own trio loop.
+    """The App over the real authenticator, StsClient and Http1Transport, on its own trio loop.
 
     Use as a context manager; `review` and `exchange` call into the loop from any thread.
     """
@@ -153,7 +153,7 @@ class TokenHarness:
         self._ready = threading.Event()
         self._stop: trio.Event | None = None
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-        self._routing = _Routing(H11Transport(max_connections=20))
+        self._routing = _Routing(Http1Transport(max_connections=20))
         self.app: App | None = None
         self._failure: BaseException | None = None
 

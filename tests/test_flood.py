@@ -2,7 +2,7 @@
 
 The guard runs on trio's autojump clock over the real StsClient, with STS behind an async
 httpx.MockTransport that decides by access key: a known key is answered with Alice, any other
-with the refusal the test names. One test sends real requests through H11Transport.
+with the refusal the test names. One test sends real requests through Http1Transport.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from authd.server.sts.denials import DeniedCredentials, DeniedTokens
 from authd.server.sts.guard import StsGuard, StsProtection
 from authd.server.sts.identitycache import token_key
 from authd.server.sts.lanes import ProvenKeys, StsAllowance
-from authd.server.sts.transport import H11Transport
+from authd.server.sts.transport import Http1Transport
 from authd.token import EndpointPolicy, encode
 from tests.test_stsguard import ALICE, NOW, POLICY, STS, sample
+from tests.wire import sent_url
 
 KNOWN = "AKIAKNOWNKEY00000000"
 
@@ -59,10 +60,10 @@ class KeyedSts:
         self.keys: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        credential = request.url.params["X-Amz-Credential"]
+        credential = sent_url(request).params["X-Amz-Credential"]
         key = credential.split("/")[0]
         self.keys.append(key)
-        if key == KNOWN and request.url.params["X-Amz-Signature"] != "f" * 64:
+        if key == KNOWN and sent_url(request).params["X-Amz-Signature"] != "f" * 64:
             return httpx.Response(200, json=ALICE)
         return refusal(self.refuse)
 
@@ -291,7 +292,7 @@ async def test_a_forged_session_token_does_not_lock_out_the_key(
     refused: set[str] = {"forged"}
 
     async def sts(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("X-Amz-Security-Token") in refused:
+        if sent_url(request).params.get("X-Amz-Security-Token") in refused:
             return refusal("InvalidClientTokenId")
         return httpx.Response(200, json=ALICE)
 
@@ -364,8 +365,8 @@ async def test_failures_another_try_cannot_cure_are_not_retried(
 
 
 async def test_a_real_unresolvable_host_is_not_retried() -> None:
-    """Through H11Transport, a `.invalid` name (never resolvable) fails once, not retryable."""
-    client = httpx.AsyncClient(transport=H11Transport(), timeout=5)
+    """Through Http1Transport, a `.invalid` name (never resolvable) fails once, not retryable."""
+    client = httpx.AsyncClient(transport=Http1Transport(), timeout=5)
     async with client:
         with pytest.raises(httpx.ConnectError) as caught:
             await client.get("http://sts.authd-test.invalid/")

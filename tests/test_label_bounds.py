@@ -13,6 +13,7 @@ from authd.metrics import Metrics
 from authd.server.sts.guard import StsProtection
 from authd.token import decode, encode
 from tests.test_app import STS, build_app, make_token, post, review_body
+from tests.wire import sent_url
 
 
 def series(metrics: Metrics) -> int:
@@ -22,7 +23,7 @@ def series(metrics: Metrics) -> int:
 
 def chaotic_sts(request: httpx.Request) -> httpx.Response:
     """An STS that names a new identity, or fails in a new way, for every signature it sees."""
-    signature = request.url.params["X-Amz-Signature"]
+    signature = sent_url(request).params["X-Amz-Signature"]
     number = int(signature[:8], 16)
     kind = number % 4
     if kind == 0:  # a distinct, unmapped caller

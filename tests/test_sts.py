@@ -23,6 +23,7 @@ from authd.errors import StsRejectedError, StsThrottledError, StsUnavailableErro
 from authd.identity import Identity
 from authd.server.sts.client import MAX_BODY_BYTES, StsClient, parse_identity
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
+from tests.wire import sent_url
 
 CLUSTER = "prod-cluster"
 HOST = "sts.us-west-2.amazonaws.com"
@@ -114,8 +115,10 @@ async def test_request_carries_cluster_id_and_untouched_url() -> None:
     _, seen = await _call(_answer(200, _json_answer(ROLE_ARN, "AROA:s"), "application/json"))
     (request,) = seen
     assert request.method == "GET"
-    assert str(request.url) == URL
-    assert request.url.raw_path.decode() == URL.removeprefix(f"https://{HOST}")
+    assert str(sent_url(request)) == URL
+    assert request.extensions["target"].decode() == URL.removeprefix(f"https://{HOST}")
+    # The signature stays out of request.url, and so out of any httpx error message.
+    assert str(request.url) == f"https://{HOST}/"
     assert request.headers["x-k8s-aws-id"] == CLUSTER
     assert request.headers["accept"] == "application/json"
     assert "authorization" not in request.headers
@@ -328,7 +331,7 @@ class _MotoFront(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
-        query = dict(parse_qsl(request.url.query.decode()))
+        query = dict(parse_qsl(sent_url(request).query.decode()))
         request.headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={query['X-Amz-Credential']}, "
             f"SignedHeaders={query['X-Amz-SignedHeaders']}, Signature={query['X-Amz-Signature']}"
@@ -405,4 +408,4 @@ async def test_identity_from_moto(moto_endpoint: str) -> None:
     assert identity.access_key_id == credentials.access_key
     assert identity.sts_endpoint == moto_endpoint.removeprefix("http://")
     (sent,) = front.seen
-    assert str(sent.url) == request.url and sent.headers["x-k8s-aws-id"] == CLUSTER
+    assert str(sent_url(sent)) == request.url and sent.headers["x-k8s-aws-id"] == CLUSTER

@@ -1,4 +1,4 @@
-"""H11Transport against real local servers: keep-alive pool, framing, timeouts, errors, TLS."""
+"""Http1Transport against real local servers: keep-alive pool, framing, timeouts, errors, TLS."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from botocore.credentials import Credentials
 from authd.errors import StsUnavailableError
 from authd.server.proxies import Proxies
 from authd.server.sts.client import MAX_BODY_BYTES, StsClient, open_sts_client
-from authd.server.sts.transport import H11Transport
+from authd.server.sts.transport import Http1Transport
 from authd.token import EndpointPolicy, PresignedRequest, encode, verify
 from tests.fakes.apiserver import serving_cert
 from tests.fakes.moto import IamUser
@@ -163,7 +163,7 @@ async def answer_all(peer: Peer) -> None:
         await peer.send(ok())
 
 
-def client(transport: H11Transport, **timeouts: float) -> httpx.AsyncClient:
+def client(transport: Http1Transport, **timeouts: float) -> httpx.AsyncClient:
     """An httpx client over `transport`, as the daemon builds it (no redirects)."""
     timeout = httpx.Timeout(5.0, **timeouts)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
@@ -174,7 +174,7 @@ def client(transport: H11Transport, **timeouts: float) -> httpx.AsyncClient:
 
 async def test_sequential_requests_reuse_one_connection() -> None:
     """Three GETs in a row travel on one TCP connection, which then waits idle in the pool."""
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(answer_all) as server, client(transport) as http:
         for _ in range(3):
             response = await http.get(f"{server.url}/?Action=GetCallerIdentity")
@@ -198,7 +198,7 @@ async def test_pool_bound_makes_requests_wait_for_a_free_connection() -> None:
             await release.wait()
             await peer.send(ok())
 
-    transport = H11Transport(max_connections=2)
+    transport = Http1Transport(max_connections=2)
     statuses: list[int] = []
     async with serving(slow) as server, client(transport) as http:
 
@@ -225,7 +225,7 @@ async def test_pool_timeout_when_every_connection_stays_busy() -> None:
         await peer.request()
         await never.wait()
 
-    transport = H11Transport(max_connections=1)
+    transport = Http1Transport(max_connections=1)
     async with serving(stall) as server, client(transport, pool=0.1, read=30) as http:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(http.get, server.url + "/")
@@ -240,7 +240,7 @@ async def test_pool_timeout_when_every_connection_stays_busy() -> None:
 
 async def test_idle_connection_of_another_origin_is_closed_to_make_room() -> None:
     """At the cap, an idle connection to origin A is closed so that origin B can connect."""
-    transport = H11Transport(max_connections=1)
+    transport = Http1Transport(max_connections=1)
     async with serving(answer_all) as a, serving(answer_all) as b, client(transport) as http:
         assert (await http.get(a.url + "/")).status_code == 200
         assert (await http.get(b.url + "/")).status_code == 200
@@ -259,7 +259,7 @@ async def test_server_closing_between_requests_costs_no_error() -> None:
             await peer.close()
             await closed_send.send(peer.number)
 
-    async with serving(one_then_close) as server, client(H11Transport()) as http:
+    async with serving(one_then_close) as server, client(Http1Transport()) as http:
         for _ in range(3):
             assert (await http.post(server.url + "/", content=b"x")).status_code == 200
             await closed.receive()  # the close has reached the idle connection's socket
@@ -280,7 +280,7 @@ async def test_request_on_a_connection_closed_under_it_is_not_sent_twice() -> No
             await peer.send(ok())
             served += 1
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(close_on_second) as server, client(transport) as http:
         assert (await http.get(server.url + "/")).status_code == 200
         with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
@@ -297,7 +297,7 @@ async def test_connection_close_answer_is_not_pooled() -> None:
         if await peer.request() is not None:
             await peer.send(ok(extra=b"connection: close\r\n"))
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(closing) as server, client(transport) as http:
         assert (await http.get(server.url + "/")).content == IDENTITY
         assert transport.open_connections == 0 and transport.idle_connections == 0
@@ -310,7 +310,7 @@ async def test_response_closed_before_its_end_drops_the_connection() -> None:
         while await peer.request() is not None:
             await peer.send(ok(b"x" * 300_000))
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(big) as server, client(transport) as http:
         async with http.stream("GET", server.url + "/") as response:
             chunks = response.stream.__aiter__()
@@ -329,7 +329,7 @@ async def test_aclose_closes_idle_connections() -> None:
         await answer_all(peer)
         ended.set()
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(note_end) as server:
         async with client(transport) as http:
             await http.get(server.url + "/")
@@ -351,7 +351,7 @@ async def test_chunked_body_is_reassembled() -> None:
                 await peer.send_in_pieces(b"%x\r\n%s\r\n" % (len(part), part), 3)
             await peer.send(b"0\r\n\r\n")
 
-    async with serving(chunked) as server, client(H11Transport()) as http:
+    async with serving(chunked) as server, client(Http1Transport()) as http:
         for _ in range(2):
             assert (await http.get(server.url + "/")).content == b'{"a":"b"}'
         assert server.connections == 1
@@ -364,7 +364,7 @@ async def test_content_length_body_split_across_writes() -> None:
         while await peer.request() is not None:
             await peer.send_in_pieces(ok(b"0123456789" * 1000), 4000)
 
-    async with serving(split) as server, client(H11Transport()) as http:
+    async with serving(split) as server, client(Http1Transport()) as http:
         assert (await http.get(server.url + "/")).content == b"0123456789" * 1000
 
 
@@ -377,7 +377,7 @@ async def test_request_body_and_headers_reach_the_server() -> None:
             bodies.append(got[1])
             await peer.send(ok())
 
-    async with serving(echo) as server, client(H11Transport()) as http:
+    async with serving(echo) as server, client(Http1Transport()) as http:
         await http.post(server.url + "/p?q=1", content=b"hello", headers={"x-k8s-aws-id": "c1"})
         (request,) = server.requests
         assert request.method == b"POST" and request.target == b"/p?q=1"
@@ -394,7 +394,7 @@ async def test_redirect_is_returned_not_followed() -> None:
                 b"content-length: 0\r\n\r\n"
             )
 
-    transport = H11Transport()
+    transport = Http1Transport()
     http = httpx.AsyncClient(transport=transport, timeout=5, follow_redirects=True)
     async with serving(redirect) as server, http:
         # Even a client told to follow redirects gets the 302 from a transport-level send.
@@ -410,14 +410,14 @@ async def test_redirect_is_returned_not_followed() -> None:
 # this transport's doing: MockTransport answers are pre-read, so test_sts.py never sees it.
 @pytest.mark.filterwarnings("ignore:Async generator 'httpx.:ResourceWarning")
 async def test_body_over_the_sts_limit_is_refused_by_the_client_reader() -> None:
-    """StsClient over H11Transport stops reading past MAX_BODY_BYTES and the connection is
+    """StsClient over Http1Transport stops reading past MAX_BODY_BYTES and the connection is
     dropped, not pooled with unread bytes."""
 
     async def huge(peer: Peer) -> None:
         while await peer.request() is not None:
             await peer.send(ok(b" " * (MAX_BODY_BYTES * 4)))
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(huge) as server, transport:
         request = _presigned_for(server.url)
         with pytest.raises(StsUnavailableError, match="body larger than"):
@@ -432,7 +432,7 @@ async def test_malformed_answer_is_a_protocol_error() -> None:
         await peer.request()
         await peer.send(b"SPDY/9 what\r\n\r\n")
 
-    async with serving(garbage) as server, client(H11Transport()) as http:
+    async with serving(garbage) as server, client(Http1Transport()) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get(server.url + "/")
 
@@ -445,7 +445,7 @@ async def test_server_closing_mid_body_is_a_protocol_error() -> None:
         await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
         await peer.close()
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(cut) as server, client(transport) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get(server.url + "/")
@@ -463,7 +463,7 @@ async def test_read_timeout() -> None:
         await peer.request()
         await never.wait()
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(silent) as server, client(transport, read=0.1) as http:
         with trio.fail_after(5), pytest.raises(httpx.ReadTimeout):
             await http.get(server.url + "/")
@@ -477,7 +477,7 @@ async def test_write_timeout() -> None:
     async def deaf(peer: Peer) -> None:
         await never.wait()
 
-    async with serving(deaf) as server, client(H11Transport(), write=0.2) as http:
+    async with serving(deaf) as server, client(Http1Transport(), write=0.2) as http:
         with trio.fail_after(10), pytest.raises(httpx.WriteTimeout):
             await http.post(server.url + "/", content=b"x" * (64 * 1024 * 1024))
 
@@ -489,7 +489,7 @@ async def test_connect_timeout_covers_the_tls_handshake() -> None:
     async def mute(peer: Peer) -> None:
         await never.wait()
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(mute) as server, client(transport, connect=0.1) as http:
         with trio.fail_after(5), pytest.raises(httpx.ConnectTimeout):
             await http.get(f"https://127.0.0.1:{server.port}/")
@@ -501,7 +501,7 @@ async def test_connection_refused_is_a_connect_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    transport = H11Transport()
+    transport = Http1Transport()
     async with client(transport) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{port}/")
@@ -510,7 +510,7 @@ async def test_connection_refused_is_a_connect_error() -> None:
 
 async def test_unsupported_scheme_is_refused() -> None:
     """Only http and https are spoken."""
-    async with client(H11Transport()) as http:
+    async with client(Http1Transport()) as http:
         with pytest.raises(httpx.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
 
@@ -518,9 +518,9 @@ async def test_unsupported_scheme_is_refused() -> None:
 def test_bad_pool_settings_are_refused() -> None:
     """A pool without room or with a negative expiry is a programming error."""
     with pytest.raises(ValueError, match="max_connections"):
-        H11Transport(max_connections=0)
+        Http1Transport(max_connections=0)
     with pytest.raises(ValueError, match="keepalive_expiry"):
-        H11Transport(keepalive_expiry=-1)
+        Http1Transport(keepalive_expiry=-1)
 
 
 # --- TLS ----------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ async def test_https_with_a_trusted_certificate_keeps_the_connection(
     server_context, client_context = tls_pair
     async with (
         serving(answer_all, tls=server_context) as server,
-        client(H11Transport(ssl_context=client_context)) as http,
+        client(Http1Transport(ssl_context=client_context)) as http,
     ):
         for _ in range(2):
             assert (await http.get(server.url + "/")).content == IDENTITY
@@ -554,7 +554,7 @@ async def test_https_default_context_refuses_an_untrusted_certificate(
 ) -> None:
     """The default context verifies: a self-signed certificate fails as httpx.ConnectError."""
     server_context, _ = tls_pair
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(answer_all, tls=server_context) as server, client(transport) as http:
         with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
             await http.get(server.url + "/")
@@ -578,14 +578,14 @@ def _presigned_for(origin: str) -> PresignedRequest:
     return verify(encode(url), now=now, policy=policy)
 
 
-async def test_sts_client_over_h11_transport_against_moto(
+async def test_sts_client_over_http1_transport_against_moto(
     sts_front: StsFront, iam_user: IamUser
 ) -> None:
     """A real presigned token, checked by the STS front and answered by moto, yields the
-    IAM user's identity through StsClient over H11Transport, twice on one connection."""
+    IAM user's identity through StsClient over Http1Transport, twice on one connection."""
     credentials = Credentials(iam_user.access_key_id, iam_user.secret_access_key)
     policy = EndpointPolicy.create(partition="aws", extra_origins=[sts_front.url])
-    transport = H11Transport()
+    transport = Http1Transport()
     async with transport:
         for _ in range(2):
             presigned = AWSRequest(
@@ -622,7 +622,7 @@ async def test_sts_client_classifies_redirect_timeout_and_cut_body() -> None:
         else:
             await never.wait()
 
-    transport = H11Transport()
+    transport = Http1Transport()
     async with serving(script) as server, transport:
         sts = StsClient(transport, timeout=0.2)
         request = _presigned_for(server.url)

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     region = resolve_region(env)
     proxies = Proxies.from_env(env)
     # Internal: the server benchmark's A/B of the STS transport (bench/server.py); not a setting.
-    sts_transport = env.get("AUTHD_BENCH_STS_TRANSPORT") or "h11"
+    sts_transport = env.get("AUTHD_BENCH_STS_TRANSPORT") or "authd"
     try:
         trio.run(
             lambda: run_server(

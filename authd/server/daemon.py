@@ -98,7 +98,7 @@ async def run_server(
     proxies: Proxies,
     env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
-    sts_transport: str = "h11",
+    sts_transport: str = "authd",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the webhook until SIGTERM/SIGINT; `task_status` receives the bound address.
@@ -111,7 +111,7 @@ async def run_server(
             (`KUBERNETES_SERVICE_HOST`/`_PORT`) and systemd's `NOTIFY_SOCKET`.
         limits: the listener's other limits (shutdown grace, linger); defaults when None.
             The connection caps, sizes and timeouts always come from `settings`.
-        sts_transport: the STS client's direct transport, "h11" or "httpx"; only the server
+        sts_transport: the STS client's direct transport, "authd" or "httpx"; only the server
             benchmark's A/B run sets it.
 
     Raises:

@@ -114,13 +114,34 @@ class ProxyRouter(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through the transport `transport_for` picks; its errors pass as is."""
-        return await self.transport_for(request.url).handle_async_request(request)
+        transport = self.transport_for(request.url)
+        if transport is not self._direct and "target" in request.extensions:
+            request = _whole_url(request)
+        return await transport.handle_async_request(request)
 
     async def aclose(self) -> None:
         """Close the direct transport and every proxy transport made so far."""
         await self._direct.aclose()
         for transport in self._via.values():
             await transport.aclose()
+
+
+def _whole_url(request: httpx.Request) -> httpx.Request:
+    """`request` with its `target` extension moved into the URL.
+
+    httpcore's proxy connections copy a request's extensions onto the CONNECT they send
+    first, so a `target` there would replace the tunnel's `host:port`; the path and query
+    go in the URL instead (they need no re-encoding: authd.token allowed only query bytes).
+    """
+    extensions = dict(request.extensions)
+    target = extensions.pop("target")
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(raw_path=target),
+        headers=request.headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
 
 
 def _with_scheme(proxy: str) -> str:

@@ -1,4 +1,4 @@
-"""An httpx transport for trio that speaks HTTP/1.1 with h11 over a small keep-alive pool.
+"""An httpx transport for trio that speaks HTTP/1.1 over a small keep-alive pool.
 
 authd sends one GET to STS per new token, so the cost of that GET is a large part of a review.
 httpx's default transport (httpcore) scans every pooled connection with a `select()` on each
@@ -9,12 +9,16 @@ request and goes through several layers per read; this transport keeps the same 
   recently used one and polls only that socket, so it is O(1) however many are idle;
 - at most `max_connections` open at once; beyond that a request waits (the `pool` timeout),
   and a connection freed for another origin is closed to make room;
-- a connection goes back to the pool only once its response has been read to the end and both
-  sides may go on; any error, an unread body, or `Connection: close` drops it;
+- requests and answers are framed by authd/server/sts/http1.py, a strict subset of h11 (its
+  tests check it against h11); a connection goes back to the pool only once its answer has
+  been read to the end, both sides may go on and nothing else has arrived; any error, an
+  unread body, or `Connection: close` drops it;
 - an idle connection is polled (one `poll()` on that socket alone) before reuse: one the
   server has closed since is dropped and a new one opened. A request is never sent twice:
   a connection closed while the request was on its way fails as httpx would, and retrying is
   the caller's decision (authd's STS guard retries, counts and rate-limits every attempt);
+- a request's `target` extension (httpx's, which StsClient uses) is sent as the request
+  target instead of the URL's path and query;
 - httpx's per-request timeouts (`connect`, `read`, `write`, `pool`) apply to each step, and
   every failure is raised as the httpx exception of the same meaning (ConnectError,
   ReadTimeout, RemoteProtocolError, ...), so callers classify errors as they would with httpx.
@@ -39,11 +43,12 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Final
 
-import h11
 import httpx
 import trio
 
-__all__ = ["H11Transport"]
+from authd.server.sts import http1
+
+__all__ = ["Http1Transport"]
 
 Origin = tuple[bytes, str, int]
 
@@ -53,7 +58,7 @@ _HTTP11: Final = {"http_version": b"HTTP/1.1"}
 _COALESCE_BYTES: Final = 64 * 1024
 
 
-class H11Transport(httpx.AsyncBaseTransport):
+class Http1Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over trio TCP (and TLS) streams with a bounded keep-alive pool.
 
     Give it to `StsClient` (or to an `httpx.AsyncClient`); close it to close the idle
@@ -128,9 +133,9 @@ class H11Transport(httpx.AsyncBaseTransport):
                 self._discard(conn)
         return httpx.Response(
             head.status_code,
-            headers=head.headers.raw_items(),
+            headers=head.headers,
             stream=_ResponseStream(self, conn, timeouts.get("read")),
-            extensions={**_HTTP11, "reason_phrase": bytes(head.reason)},
+            extensions={**_HTTP11, "reason_phrase": head.reason},
         )
 
     async def aclose(self) -> None:
@@ -297,25 +302,25 @@ class _Waiter:
 
 
 class _Connection:
-    """One HTTP/1.1 connection: its stream, socket, h11 state and pool bookkeeping."""
+    """One HTTP/1.1 connection: its stream, socket, parser and pool bookkeeping."""
 
-    __slots__ = ("h11", "idle_since", "origin", "stream", "tcp")
+    __slots__ = ("idle_since", "origin", "parser", "poller", "stream", "tcp")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, tcp: trio.SocketStream) -> None:
         self.origin = origin
         self.stream = stream
         self.tcp = tcp
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.parser = http1.ResponseParser()
         self.idle_since = 0.0
+        # poll, not select: the daemon may hold over a thousand sockets, past select's limit.
+        self.poller = select.poll()
+        self.poller.register(tcp.socket.fileno(), select.POLLIN)
 
     def looks_alive(self) -> bool:
         """An idle connection must have nothing to read: readable means closed or garbage."""
-        # poll, not select: the daemon may hold over a thousand sockets, past select's limit.
-        poller = select.poll()
         try:
-            poller.register(self.tcp.socket.fileno(), select.POLLIN)
-            return not poller.poll(0)
-        except (OSError, ValueError):  # the socket is closed already
+            return not self.poller.poll(0)
+        except (OSError, ValueError):
             return False
 
     def close(self) -> None:
@@ -324,53 +329,53 @@ class _Connection:
 
     async def exchange(
         self, request: httpx.Request, timeouts: dict[str, float | None]
-    ) -> h11.Response:
+    ) -> http1.ResponseHead:
         """Send `request` and read the response head.
 
         Raises:
             httpx.TransportError: the httpx kind of the failure.
         """
-        await self._send_request(request, timeouts.get("write"))
+        method = request.method.encode("ascii", "replace")  # "?" fails the method check
+        await self._send_request(request, method, timeouts.get("write"))
+        self.parser.start(method)
         return await self._receive_head(timeouts.get("read"))
 
-    async def _send_request(self, request: httpx.Request, within: float | None) -> None:
-        """Write the request head, body and end through h11."""
-        conn = self.h11
-        try:
-            head = conn.send(
-                h11.Request(
-                    method=request.method,
-                    target=request.url.raw_path,
-                    headers=request.headers.raw,
-                )
-            )
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
+    async def _send_request(
+        self, request: httpx.Request, method: bytes, within: float | None
+    ) -> None:
+        """Write the request head and body, framed as its headers say."""
+        target = request.extensions.get("target") or request.url.raw_path
+        head, length, chunked = http1.request_head(method, target, request.headers.raw)
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             # In memory already (always so for a GET): small bodies go in the head's write.
             body = b"".join(stream)
-            data = (conn.send(h11.Data(data=body)) or b"") if body else b""
-            end = conn.send(h11.EndOfMessage()) or b""
-            if len(data) <= _COALESCE_BYTES:
-                await self._write((head or b"") + data + end, within)
+            _check_length(length, len(body), chunked=chunked)
+            if chunked:
+                body = http1.chunk(body) + http1.chunk(b"") if body else http1.chunk(b"")
+            if len(body) <= _COALESCE_BYTES:
+                await self._write(head + body, within)
             else:
-                await self._write(head or b"", within)
-                await self._write(data, within)
-                await self._write(end, within)
+                await self._write(head, within)
+                await self._write(body, within)
             return
         if not isinstance(stream, httpx.AsyncByteStream):
-            raise TypeError("H11Transport sends httpx byte streams only")
-        await self._write(head or b"", within)
+            raise TypeError("authd's transport sends httpx byte streams only")
+        await self._write(head, within)
         chunks = stream.__aiter__()
+        sent = 0
         try:
-            async for chunk in chunks:
-                await self._write(conn.send(h11.Data(data=chunk)) or b"", within)
+            async for piece in chunks:
+                sent += len(piece)
+                if piece:
+                    await self._write(http1.chunk(piece) if chunked else piece, within)
         finally:
             # A failed write leaves the body unread: finalise its generator now, not in the GC.
             if isinstance(chunks, AsyncGenerator):
                 await chunks.aclose()
-        await self._write(conn.send(h11.EndOfMessage()) or b"", within)
+        _check_length(length, sent, chunked=chunked)
+        if chunked:
+            await self._write(http1.chunk(b""), within)
 
     async def _write(self, data: bytes, within: float | None) -> None:
         """Write bytes within `within` seconds."""
@@ -384,32 +389,16 @@ class _Connection:
         if scope.cancelled_caught:
             raise httpx.WriteTimeout(f"sending the request took over {within} s")
 
-    async def _receive_head(self, within: float | None) -> h11.Response:
-        """Read events until the final response head (1xx answers are skipped)."""
+    async def _receive_head(self, within: float | None) -> http1.ResponseHead:
+        """Read until the final response head (1xx answers are skipped by the parser)."""
         while True:
-            event = self.next_event()
-            if event is h11.NEED_DATA:
-                if not await self.receive(within):
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response."
-                    )
-                continue
-            if isinstance(event, h11.Response):
+            event = self.parser.next_event()
+            if isinstance(event, http1.ResponseHead):
                 return event
-            if isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-            # InformationalResponse (100 Continue and the like): the final answer follows.
+            await self.receive(within)
 
-    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        """h11's next event, its protocol errors as httpx's."""
-        try:
-            return self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-
-    async def receive(self, within: float | None) -> bool:
-        """Read what has arrived (within `within` seconds) and feed it to h11; False at the
-        end of the stream (h11 is told so too).
+    async def receive(self, within: float | None) -> None:
+        """Read what has arrived (within `within` seconds) and feed it to the parser.
 
         Raises:
             httpx.ReadTimeout, httpx.ReadError: as named.
@@ -421,32 +410,36 @@ class _Connection:
             raise httpx.ReadError(_describe(exc)) from exc
         if scope.cancelled_caught:
             raise httpx.ReadTimeout(f"no answer within {within} s (read timeout)")
-        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytes-likes
-        return bool(data)
+        self.parser.receive_data(bytes(data))
 
-    def finish(self) -> bool:
-        """After the response's end: ready the next cycle; False if the connection must close."""
-        conn = self.h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            return True
-        return False
+
+def _check_length(declared: int | None, sent: int, *, chunked: bool) -> None:
+    """A body must be as long as its Content-Length says, and have a framing header (h11's rules).
+
+    Raises:
+        httpx.LocalProtocolError: it is not, or it has none.
+    """
+    if declared is None:
+        if sent and not chunked:
+            raise httpx.LocalProtocolError("a request body needs Content-Length or chunked")
+    elif declared != sent:
+        raise httpx.LocalProtocolError(f"Content-Length {declared} but {sent} bytes of body")
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """A response body read through h11; the connection goes back to the pool at its end.
+    """A response body read through the parser; the connection goes back to the pool at its end.
 
     Its own async iterator (not an async generator), so leaving it early leaves nothing for
     the garbage collector to finalise: `aclose` alone decides the connection's fate.
     """
 
-    def __init__(self, transport: H11Transport, conn: _Connection, timeout: float | None) -> None:
+    def __init__(self, transport: Http1Transport, conn: _Connection, timeout: float | None) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn
         self._timeout = timeout
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        """The body's chunks, chunked or Content-Length framing undone by h11."""
+        """The body's chunks, chunked or Content-Length framing undone by the parser."""
         return self
 
     async def __anext__(self) -> bytes:
@@ -460,21 +453,18 @@ class _ResponseStream(httpx.AsyncByteStream):
         if conn is None:
             raise StopAsyncIteration
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                # At the end of the stream h11 turns the EOF into an error or ConnectionClosed.
+            event = conn.parser.next_event()
+            if event is http1.NEED_DATA:
                 await conn.receive(self._timeout)
-            elif isinstance(event, h11.Data):
-                return bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, bytes):
+                return event
+            else:
                 self._conn = None
-                if conn.finish():
+                if conn.parser.reusable:
                     self._transport._release(conn)
                 else:
                     self._transport._discard(conn)
                 raise StopAsyncIteration
-            else:
-                raise httpx.RemoteProtocolError("Server disconnected in the middle of the body.")
 
     async def aclose(self) -> None:
         """Drop the connection unless the body was read to its end (then it is pooled)."""
