@@ -11,6 +11,7 @@ up front.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +23,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from authd.metrics_series import (
     NAMESPACE,
@@ -66,6 +68,7 @@ class Metrics:
                 metrics, authd's stand-in for upstream's Go collectors.
         """
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         reg = self.registry
         ns = NAMESPACE
         # --- upstream (metrics in docs/upstream-compat.md) ---
@@ -206,6 +209,18 @@ class Metrics:
             PlatformCollector(registry=reg)
             GCCollector(registry=reg)
 
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label set.
+
+        For the series each STS call updates: `labels` costs microseconds a call, and their
+        label sets are few and bounded (docs/metrics.md), as the registry's own children are.
+        """
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     # --- reviews ---
 
     def observe_review(
@@ -237,11 +252,11 @@ class Metrics:
 
     def sts_response(self, code: int, region: str) -> None:
         """STS answered GetCallerIdentity with HTTP status `code` (any status)."""
-        self.sts_responses.labels(ResponseCode=str(code), StsRegion=region).inc()
+        self._child(self.sts_responses, str(code), region).inc()
 
     def sts_connection_failure(self, region: str) -> None:
         """An STS call got no answer: connection error or timeout."""
-        self.sts_connection_failures.labels(StsRegion=region).inc()
+        self._child(self.sts_connection_failures, region).inc()
 
     def sts_throttled(self, region: str) -> None:
         """STS answered non-200 with `Throttling` in the body."""
@@ -409,7 +424,7 @@ class Metrics:
 
     def identity_cache_eviction(self, cause: str) -> None:
         """An identity left the cache: `size` (LRU bound) or `expired`."""
-        self.identity_cache_evictions.labels(cause=cause).inc()
+        self._child(self.identity_cache_evictions, cause).inc()
 
     def watch_identity_cache(
         self, size: Callable[[], int], *, size_bytes: Callable[[], int] | None = None
@@ -421,7 +436,7 @@ class Metrics:
 
     def sts_call(self, outcome: str) -> None:
         """One GetCallerIdentity request ended with `outcome` (one of STS_CALL_OUTCOMES)."""
-        self.sts_calls.labels(outcome=outcome).inc()
+        self._child(self.sts_calls, outcome).inc()
 
     def sts_retry(self) -> None:
         """A GetCallerIdentity request is about to be repeated."""
@@ -484,7 +499,7 @@ class Metrics:
 
     def sts_lane_request(self, lane: str) -> None:
         """A GetCallerIdentity request drew from `lane` (one of STS_LANES)."""
-        self.sts_lane_requests.labels(lane=lane).inc()
+        self._child(self.sts_lane_requests, lane).inc()
 
     def sts_denial_hit(self, kind: str) -> None:
         """A review was refused from a remembered denial of `kind` (one of DENIAL_KINDS)."""
