@@ -71,8 +71,9 @@ class Proxies:
 class ProxyRouter(httpx.AsyncBaseTransport):
     """Sends each request directly or through a proxy transport, as `Proxies` decides.
 
-    StsClient sends through it: the request's timeouts apply either way. One proxy transport
-    is made per proxy URL, on first use; closing the router closes them and the direct one.
+    StsClient sends through it when the environment names a proxy (with none, it sends on the
+    direct transport itself): the request's timeouts apply either way. One proxy transport is
+    made per proxy URL, on first use; closing the router closes them and the direct one.
     """
 
     def __init__(
