@@ -9,7 +9,7 @@ too. Hypothesis generates well-formed answers (which it must read), then damages
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import h11
@@ -23,34 +23,51 @@ from authd.server.sts import http1
 Outcome = tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool] | str
 
 
+def _events(
+    next_event: Callable[[], object],
+    receive_data: Callable[[bytes], None],
+    need_data: object,
+    chunks: Sequence[bytes],
+    *,
+    eof: bool,
+) -> Iterator[object]:
+    """A parser's events, feeding it `chunks` one at a time (then the end of the stream, when
+    `eof`) whenever it needs data; stops when it needs more than there is."""
+    pending = list(chunks)
+    closed = False
+    while True:
+        event = next_event()
+        if event is not need_data:
+            yield event
+        elif pending:
+            receive_data(pending.pop(0))
+        elif eof and not closed:
+            receive_data(b"")
+            closed = True
+        else:
+            return
+
+
 def read_ours(chunks: Sequence[bytes], *, eof: bool, method: bytes = b"GET") -> Outcome:
     """(status, reason, headers, body, reusable), or "error" / "incomplete"."""
     parser = http1.ResponseParser()
     parser.start(method)
-    pending = list(chunks)
     head: http1.ResponseHead | None = None
     body = b""
-    closed = False
-    while True:
-        try:
-            event = parser.next_event()
-        except httpx.RemoteProtocolError:
-            return "error"
-        if event is http1.NEED_DATA:
-            if pending:
-                parser.receive_data(pending.pop(0))
-            elif eof and not closed:
-                parser.receive_data(b"")
-                closed = True
+    try:
+        for event in _events(
+            parser.next_event, parser.receive_data, http1.NEED_DATA, chunks, eof=eof
+        ):
+            if isinstance(event, http1.ResponseHead):
+                head = event
+            elif isinstance(event, bytes):
+                body += event
             else:
-                return "incomplete"
-        elif isinstance(event, http1.ResponseHead):
-            head = event
-        elif isinstance(event, bytes):
-            body += event
-        else:
-            assert head is not None
-            return head.status_code, head.reason, head.headers, body, parser.reusable
+                assert head is not None
+                return head.status_code, head.reason, head.headers, body, parser.reusable
+    except httpx.RemoteProtocolError:
+        return "error"
+    return "incomplete"
 
 
 def read_h11(chunks: Sequence[bytes], *, eof: bool, method: bytes = b"GET") -> Outcome:
@@ -58,39 +75,29 @@ def read_h11(chunks: Sequence[bytes], *, eof: bool, method: bytes = b"GET") -> O
     conn = h11.Connection(h11.CLIENT)
     conn.send(h11.Request(method=method, target="/", headers=[("Host", "sts.example")]))
     conn.send(h11.EndOfMessage())
-    pending = list(chunks)
     head: h11.Response | None = None
     body = b""
-    closed = False
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return "error"
-        if event is h11.NEED_DATA:
-            if pending:
-                conn.receive_data(pending.pop(0))
-            elif eof and not closed:
-                conn.receive_data(b"")
-                closed = True
-            else:
-                return "incomplete"
-        elif isinstance(event, h11.Response):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += bytes(event.data)
-        elif isinstance(event, h11.EndOfMessage):
-            assert head is not None
-            reusable = (
-                conn.our_state is h11.DONE
-                and conn.their_state is h11.DONE
-                and not conn.trailing_data[0]
-                and not conn.trailing_data[1]
-            )
-            headers = [(name, value) for name, value in head.headers.raw_items()]
-            return head.status_code, bytes(head.reason), headers, body, reusable
-        elif isinstance(event, h11.ConnectionClosed):
-            return "error"
+    try:
+        for event in _events(conn.next_event, conn.receive_data, h11.NEED_DATA, chunks, eof=eof):
+            if isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                reusable = (
+                    conn.our_state is h11.DONE
+                    and conn.their_state is h11.DONE
+                    and not conn.trailing_data[0]
+                    and not conn.trailing_data[1]
+                )
+                headers = list(head.headers.raw_items())
+                return head.status_code, bytes(head.reason), headers, body, reusable
+            elif isinstance(event, h11.ConnectionClosed):
+                return "error"
+    except h11.RemoteProtocolError:
+        return "error"
+    return "incomplete"
 
 
 def _normalised(outcome: Outcome) -> Outcome:
