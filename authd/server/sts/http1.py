@@ -15,6 +15,7 @@ webhook's server-side parser (authd/server/http.py).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -80,9 +81,7 @@ def request_head(
     has_host = chunked = False
     length: int | None = None
     for name, value in headers:
-        _check(_TOKEN_RE, name, "illegal header name")
-        _check(_VALUE_RE, value, "illegal header value")
-        lower = name.lower()
+        lower = _checked_name(name, value)
         if lower == b"host":
             has_host = True
         elif lower == b"content-length":
@@ -106,6 +105,19 @@ def request_head(
 def chunk(data: bytes) -> bytes:
     """`data` as one chunk of a chunked body (the last chunk, `0`, when empty)."""
     return b"%x\r\n%b\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_name(name: bytes, value: bytes) -> bytes:
+    """The lower-cased name of a header that passes h11's checks (remembered: StsClient sends
+    the same few headers on every request, and checking each again cost microseconds).
+
+    Raises:
+        httpx.LocalProtocolError: an illegal name or value (never remembered).
+    """
+    _check(_TOKEN_RE, name, "illegal header name")
+    _check(_VALUE_RE, value, "illegal header value")
+    return name.lower()
 
 
 def _check(pattern: re.Pattern[bytes], value: bytes, what: str) -> None:

@@ -304,13 +304,14 @@ class _Waiter:
 class _Connection:
     """One HTTP/1.1 connection: its stream, socket, parser and pool bookkeeping."""
 
-    __slots__ = ("idle_since", "origin", "parser", "poller", "stream", "tcp")
+    __slots__ = ("idle_since", "origin", "parser", "poller", "step", "stream", "tcp")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, tcp: trio.SocketStream) -> None:
         self.origin = origin
         self.stream = stream
         self.tcp = tcp
         self.parser = http1.ResponseParser()
+        self.step = "write"  # what the exchange under way is doing: "write" or "read"
         self.idle_since = 0.0
         # poll, not select: the daemon may hold over a thousand sockets, past select's limit.
         self.poller = select.poll()
@@ -332,18 +333,31 @@ class _Connection:
     ) -> http1.ResponseHead:
         """Send `request` and read the response head.
 
+        One cancel scope covers both; its deadline moves at each step (httpx's timeouts are
+        per step). A scope per step cost more than the step's own Python work.
+
         Raises:
             httpx.TransportError: the httpx kind of the failure.
         """
         method = request.method.encode("ascii", "replace")  # "?" fails the method check
-        await self._send_request(request, method, timeouts.get("write"))
-        self.parser.start(method)
-        return await self._receive_head(timeouts.get("read"))
+        write, read = timeouts.get("write"), timeouts.get("read")
+        with trio.CancelScope() as timer:
+            await self._send_request(request, method, write, timer)
+            self.parser.start(method)
+            while not isinstance(event := self.parser.next_event(), http1.ResponseHead):
+                self.step = "read"
+                timer.deadline = _expiry(read)
+                await self._read()
+            return event
+        # Only reached when the deadline of the step under way passed.
+        if self.step == "write":
+            raise httpx.WriteTimeout(f"sending the request took over {write} s")
+        raise httpx.ReadTimeout(f"no answer within {read} s (read timeout)")
 
     async def _send_request(
-        self, request: httpx.Request, method: bytes, within: float | None
+        self, request: httpx.Request, method: bytes, within: float | None, timer: trio.CancelScope
     ) -> None:
-        """Write the request head and body, framed as its headers say."""
+        """Write the request head and body, framed as its headers say, each write by `timer`."""
         target = request.extensions.get("target") or request.url.raw_path
         head, length, chunked = http1.request_head(method, target, request.headers.raw)
         stream = request.stream
@@ -354,48 +368,39 @@ class _Connection:
             if chunked:
                 body = http1.chunk(body) + http1.chunk(b"") if body else http1.chunk(b"")
             if len(body) <= _COALESCE_BYTES:
-                await self._write(head + body, within)
+                await self._write(head + body, within, timer)
             else:
-                await self._write(head, within)
-                await self._write(body, within)
+                await self._write(head, within, timer)
+                await self._write(body, within, timer)
             return
         if not isinstance(stream, httpx.AsyncByteStream):
             raise TypeError("authd's transport sends httpx byte streams only")
-        await self._write(head, within)
+        await self._write(head, within, timer)
         chunks = stream.__aiter__()
         sent = 0
         try:
             async for piece in chunks:
                 sent += len(piece)
                 if piece:
-                    await self._write(http1.chunk(piece) if chunked else piece, within)
+                    await self._write(http1.chunk(piece) if chunked else piece, within, timer)
         finally:
             # A failed write leaves the body unread: finalise its generator now, not in the GC.
             if isinstance(chunks, AsyncGenerator):
                 await chunks.aclose()
         _check_length(length, sent, chunked=chunked)
         if chunked:
-            await self._write(http1.chunk(b""), within)
+            await self._write(http1.chunk(b""), within, timer)
 
-    async def _write(self, data: bytes, within: float | None) -> None:
-        """Write bytes within `within` seconds."""
+    async def _write(self, data: bytes, within: float | None, timer: trio.CancelScope) -> None:
+        """Write bytes, `timer` set to fire `within` seconds from now."""
         if not data:
             return
+        self.step = "write"
+        timer.deadline = _expiry(within)
         try:
-            with trio.CancelScope(deadline=_expiry(within)) as scope:
-                await self.stream.send_all(data)
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.WriteError(_describe(exc)) from exc
-        if scope.cancelled_caught:
-            raise httpx.WriteTimeout(f"sending the request took over {within} s")
-
-    async def _receive_head(self, within: float | None) -> http1.ResponseHead:
-        """Read until the final response head (1xx answers are skipped by the parser)."""
-        while True:
-            event = self.parser.next_event()
-            if isinstance(event, http1.ResponseHead):
-                return event
-            await self.receive(within)
 
     async def receive(self, within: float | None) -> None:
         """Read what has arrived (within `within` seconds) and feed it to the parser.
@@ -403,13 +408,21 @@ class _Connection:
         Raises:
             httpx.ReadTimeout, httpx.ReadError: as named.
         """
-        try:
-            with trio.CancelScope(deadline=_expiry(within)) as scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpx.ReadError(_describe(exc)) from exc
+        with trio.CancelScope(deadline=_expiry(within)) as scope:
+            await self._read()
         if scope.cancelled_caught:
             raise httpx.ReadTimeout(f"no answer within {within} s (read timeout)")
+
+    async def _read(self) -> None:
+        """Read what has arrived and feed it to the parser.
+
+        Raises:
+            httpx.ReadError: the connection broke.
+        """
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.ReadError(_describe(exc)) from exc
         self.parser.receive_data(bytes(data))
 
 
