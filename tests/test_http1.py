@@ -357,3 +357,11 @@ def test_request_head_is_checked_and_needs_a_host() -> None:
     ]:
         with pytest.raises(httpx.LocalProtocolError):
             http1.request_head(method, target, headers)
+
+
+def test_an_illegal_target_is_not_quoted_in_the_error() -> None:
+    """The target carries the presigned signature: an error about it must not repeat it."""
+    secret = b"/?X-Amz-Signature=" + b"ab" * 32 + b" x"
+    with pytest.raises(httpx.LocalProtocolError) as refused:
+        http1.request_head(b"GET", secret, [(b"Host", b"h")])
+    assert b"ab" * 32 not in str(refused.value).encode()

@@ -76,7 +76,9 @@ def request_head(
             a bad Content-Length, a transfer coding other than chunked, or both framings.
     """
     _check(_TOKEN_RE, method, "illegal method")
-    _check(_TARGET_RE, target, "illegal request target")
+    if _TARGET_RE.fullmatch(target) is None:
+        # Not quoted: StsClient's target holds the presigned signature.
+        raise httpx.LocalProtocolError(f"illegal request target ({len(target)} bytes)")
     lines = [method + b" " + target + b" HTTP/1.1"]
     has_host = chunked = False
     length: int | None = None
@@ -131,7 +133,7 @@ class ResponseParser:
     Feed it what the socket gives (`receive_data`, `b""` at the end of the stream) and take
     events from `next_event`: the `ResponseHead` (1xx answers are skipped), the body's pieces
     as `bytes`, then `END`; `NEED_DATA` when it must wait. After `END`, `reusable` says whether
-    the connection may carry another request; `start_next` readies the parser for it.
+    the connection may carry another request; `start` readies the parser for the next answer.
     """
 
     __slots__ = ("_body", "_buffer", "_eof", "_head", "_method")
