@@ -122,6 +122,7 @@ class Answer:
     data: bytes
     cuts: tuple[int, ...]
     eof: bool
+    method: bytes = b"GET"
 
     def chunks(self) -> list[bytes]:
         points = sorted({cut % (len(self.data) + 1) for cut in self.cuts} | {0, len(self.data)})
@@ -131,8 +132,11 @@ class Answer:
 _NAMES = st.sampled_from(
     [b"Content-Type", b"x-amzn-RequestId", b"Date", b"Server", b"Vary", b"X-Odd_Name!"]
 )
-_VALUES = st.binary(min_size=0, max_size=12).map(
-    lambda raw: bytes(b for b in raw if 0x21 <= b <= 0x7E) or b"v"
+_VALUES = st.one_of(
+    st.binary(min_size=0, max_size=12).map(
+        lambda raw: bytes(b for b in raw if 0x21 <= b <= 0x7E) or b"v"
+    ),
+    st.sampled_from([b"two words", b"tab\there", b"", b"obs-text \xe9\xff"]),
 )
 
 
@@ -158,7 +162,8 @@ def answers(draw: st.DrawFn) -> Answer:
         encoded = _chunked(draw, body)
     data = b""
     if draw(st.integers(0, 4)) == 0:
-        data += b"HTTP/1.1 100 Continue" + eol + b"X-Early: 1" + eol + eol
+        early = draw(st.sampled_from([b"X-Early: 1", b"Content-Length: 0", b"Link: </a>"]))
+        data += b"HTTP/1.1 103 Early Hints" + eol + early + eol + eol
     data += version + b" " + str(status).encode() + reason + eol
     for name, value in headers:
         data += name + b":" + draw(st.sampled_from([b" ", b"", b"\t "])) + value + eol
@@ -166,7 +171,8 @@ def answers(draw: st.DrawFn) -> Answer:
     if draw(st.integers(0, 5)) == 0:
         data += b"HTTP/1.1 200 OK\r\n"  # bytes after the answer: never a reusable connection
     cuts = tuple(draw(st.lists(st.integers(0, 10_000), max_size=6)))
-    return Answer(data, cuts, eof=framing == "close" or draw(st.booleans()))
+    method = draw(st.sampled_from([b"GET", b"GET", b"GET", b"HEAD"]))
+    return Answer(data, cuts, eof=framing == "close" or draw(st.booleans()), method=method)
 
 
 def _chunked(draw: st.DrawFn, body: bytes) -> bytes:
@@ -199,7 +205,7 @@ def damaged(draw: st.DrawFn) -> Answer:
             data[min(at, len(data) - 1)] = byte
         else:
             del data[min(at, len(data) - 1)]
-    return Answer(bytes(data), answer.cuts, answer.eof)
+    return Answer(bytes(data), answer.cuts, answer.eof, answer.method)
 
 
 _SETTINGS = settings(
@@ -215,8 +221,8 @@ _SETTINGS = settings(
 @given(answers())
 def test_every_well_formed_answer_reads_as_h11_reads_it(answer: Answer) -> None:
     """authd reads each generated answer, exactly as h11 does, in any split into pieces."""
-    ours = read_ours(answer.chunks(), eof=answer.eof)
-    theirs = read_h11(answer.chunks(), eof=answer.eof)
+    ours = read_ours(answer.chunks(), eof=answer.eof, method=answer.method)
+    theirs = read_h11(answer.chunks(), eof=answer.eof, method=answer.method)
     assert not isinstance(ours, str), (ours, theirs, answer)
     assert _normalised(ours) == _normalised(theirs)
 
@@ -225,10 +231,10 @@ def test_every_well_formed_answer_reads_as_h11_reads_it(answer: Answer) -> None:
 @given(damaged())
 def test_a_damaged_answer_is_refused_or_read_as_h11_reads_it(answer: Answer) -> None:
     """Never a different reading: authd refuses more than h11, never less carefully."""
-    ours = read_ours(answer.chunks(), eof=answer.eof)
+    ours = read_ours(answer.chunks(), eof=answer.eof, method=answer.method)
     if isinstance(ours, str):
         return
-    theirs = read_h11(answer.chunks(), eof=answer.eof)
+    theirs = read_h11(answer.chunks(), eof=answer.eof, method=answer.method)
     assert _normalised(ours) == _normalised(theirs), answer
 
 
@@ -306,10 +312,14 @@ def test_connections_that_must_not_be_reused(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",
         b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        # framing headers are checked on a 1xx and refused among trailers
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: x\r\n\r\n" + OK,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 5\r\n\r\n",
     ],
 )
 def test_refused_answers(data: bytes) -> None:
-    assert read_ours([data], eof=True) == "error"
+    """Refused on the bytes alone, before the stream ends."""
+    assert read_ours([data], eof=False) == "error"
 
 
 @pytest.mark.parametrize(
@@ -333,12 +343,14 @@ def test_oversized_head_and_chunk_line_are_refused() -> None:
 
 
 def test_request_head_is_checked_and_needs_a_host() -> None:
-    head, _, _ = http1.request_head(b"GET", b"/?a=b", [(b"Host", b"sts.example"), (b"X-A", b"1 2")])
+    head = http1.request_head(b"GET", b"/?a=b", [(b"Host", b"sts.example"), (b"X-A", b"1 2")]).data
     assert head == b"GET /?a=b HTTP/1.1\r\nHost: sts.example\r\nX-A: 1 2\r\n\r\n"
     framed = [(b"Host", b"h"), (b"content-length", b"12")]
-    assert http1.request_head(b"POST", b"/", framed)[1:] == (12, False)
+    assert http1.request_head(b"POST", b"/", framed)[1:] == (12, False, False)
     framed = [(b"Host", b"h"), (b"Transfer-Encoding", b"Chunked")]
-    assert http1.request_head(b"POST", b"/", framed)[1:] == (None, True)
+    assert http1.request_head(b"POST", b"/", framed)[1:] == (None, True, False)
+    closing = [(b"Host", b"h"), (b"Connection", b"keep-alive, Close")]
+    assert http1.request_head(b"GET", b"/", closing).close
     for method, target, headers in [
         (b"G T", b"/", [(b"Host", b"h")]),
         (b"GET", b"/a b", [(b"Host", b"h")]),
@@ -365,3 +377,27 @@ def test_an_illegal_target_is_not_quoted_in_the_error() -> None:
     with pytest.raises(httpx.LocalProtocolError) as refused:
         http1.request_head(b"GET", secret, [(b"Host", b"h")])
     assert b"ab" * 32 not in str(refused.value).encode()
+
+
+def test_a_request_asking_to_close_leaves_the_connection_unpooled() -> None:
+    parser = http1.ResponseParser()
+    parser.start(b"GET", close=True)
+    parser.receive_data(OK)
+    while parser.next_event() is not http1.END:
+        pass
+    assert not parser.reusable
+
+
+def test_chunk_size_line_limit_does_not_depend_on_how_bytes_arrive() -> None:
+    line = b"1;" + b"x" * (http1.MAX_CHUNK_LINE - 2)
+    data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + line + b"\r\nA\r\n0\r\n\r\n"
+    cut = data.index(line) + len(line) + 1  # between the line's CR and LF
+    for pieces in ([data], [data[:cut], data[cut:]]):
+        outcome = read_ours(pieces, eof=False)
+        assert not isinstance(outcome, str) and outcome[3] == b"A"
+
+
+def test_an_illegal_header_value_is_not_quoted_in_the_error() -> None:
+    with pytest.raises(httpx.LocalProtocolError) as refused:
+        http1.request_head(b"GET", b"/", [(b"Host", b"h"), (b"Authorization", b"secret\r\n")])
+    assert "secret" not in str(refused.value)

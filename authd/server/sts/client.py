@@ -143,7 +143,8 @@ class StsClient:
         The target goes in httpx's `target` extension, byte for byte as signed (authd.token
         allows only bytes a query may carry, so nothing would be re-encoded anyway), and the
         URL is the origin's, parsed once: parsing each presigned URL cost 26 us a call. The
-        signature thus never sits in `request.url`, so no httpx error message can carry it.
+        signature is thus not in `request.url` (but for a proxied request, whose URL the
+        router rebuilds whole), so httpx's error messages do not carry it.
         """
         scheme, _, rest = request.url.partition("://")
         origin, slash, path = rest.partition("/")

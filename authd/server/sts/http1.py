@@ -19,7 +19,7 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import httpx
 
@@ -40,6 +40,7 @@ _HEAD_END_RE = re.compile(rb"\n\r?\n")
 _LINE_RE = re.compile(rb"\r?\n")
 _LENGTH_RE = re.compile(rb"[0-9]{1,20}")
 _NO_BODY_STATUS: Final = (204, 304)
+_FRAMING_NAMES: Final = (b"content-length", b"transfer-encoding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +64,19 @@ NEED_DATA: Final = None
 Event = ResponseHead | bytes | End | None
 
 
+class RequestHead(NamedTuple):
+    """A request head's bytes and what its headers say about the body and the connection."""
+
+    data: bytes
+    length: int | None  # the declared Content-Length
+    chunked: bool
+    close: bool  # the request asks for `Connection: close`
+
+
 def request_head(
     method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
-) -> tuple[bytes, int | None, bool]:
+) -> RequestHead:
     """The request line and headers, checked as h11 checks them, and the body's framing.
-
-    Returns:
-        (the head's bytes, the declared Content-Length or None, whether the body is chunked).
 
     Raises:
         httpx.LocalProtocolError: an illegal method, target, header name or value, no Host,
@@ -80,7 +87,7 @@ def request_head(
         # Not quoted: StsClient's target holds the presigned signature.
         raise httpx.LocalProtocolError(f"illegal request target ({len(target)} bytes)")
     lines = [method + b" " + target + b" HTTP/1.1"]
-    has_host = chunked = False
+    has_host = chunked = close = False
     length: int | None = None
     for name, value in headers:
         lower = _checked_name(name, value)
@@ -95,13 +102,15 @@ def request_head(
             if value.lower() != b"chunked" or chunked:
                 raise httpx.LocalProtocolError("only one Transfer-Encoding: chunked is supported")
             chunked = True
+        elif lower == b"connection":
+            close = close or _says_close(value)
         lines.append(name + b": " + value)
     if not has_host:
         raise httpx.LocalProtocolError("Missing mandatory Host: header")
     if chunked and length is not None:
         raise httpx.LocalProtocolError("both Content-Length and Transfer-Encoding")
     lines.append(b"\r\n")
-    return b"\r\n".join(lines), length, chunked
+    return RequestHead(b"\r\n".join(lines), length, chunked, close)
 
 
 def chunk(data: bytes) -> bytes:
@@ -112,13 +121,15 @@ def chunk(data: bytes) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _checked_name(name: bytes, value: bytes) -> bytes:
     """The lower-cased name of a header that passes h11's checks (remembered: StsClient sends
-    the same few headers on every request, and checking each again cost microseconds).
+    the same few headers on every request, none of them secret, and checking each again cost
+    microseconds).
 
     Raises:
         httpx.LocalProtocolError: an illegal name or value (never remembered).
     """
     _check(_TOKEN_RE, name, "illegal header name")
-    _check(_VALUE_RE, value, "illegal header value")
+    if _VALUE_RE.fullmatch(value) is None:  # not quoted: a value may be a credential
+        raise httpx.LocalProtocolError(f"illegal value of header {name!r}")
     return name.lower()
 
 
@@ -136,18 +147,21 @@ class ResponseParser:
     the connection may carry another request; `start` readies the parser for the next answer.
     """
 
-    __slots__ = ("_body", "_buffer", "_eof", "_head", "_method")
+    __slots__ = ("_body", "_buffer", "_close", "_eof", "_head", "_method")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._eof = False
         self._method = b"GET"
+        self._close = False
         self._head: ResponseHead | None = None
         self._body: _Body | None = None
 
-    def start(self, method: bytes) -> None:
-        """A request with this method was sent; its answer comes next."""
+    def start(self, method: bytes, *, close: bool = False) -> None:
+        """A request with this method was sent (`close`: it asked for `Connection: close`);
+        its answer comes next."""
         self._method = method
+        self._close = close
         self._head = None
         self._body = None
 
@@ -166,6 +180,7 @@ class ResponseParser:
             and self._body.done
             and self._head is not None
             and self._head.keep_alive
+            and not self._close
             and not self._buffer
             and not self._eof
         )
@@ -214,26 +229,15 @@ class ResponseParser:
                 return head
 
     def _framing(self, head: ResponseHead) -> _Body:
-        """How this answer's body ends (RFC 9112 section 6.3, in h11's order).
-
-        The framing headers are checked even when the status or method rules a body out.
-        """
-        encodings = [value for name, value in head.headers if name.lower() == b"transfer-encoding"]
-        lengths = [value for name, value in head.headers if name.lower() == b"content-length"]
-        if encodings and lengths:
-            raise httpx.RemoteProtocolError("both Transfer-Encoding and Content-Length")
-        if len(lengths) > 1:
-            raise httpx.RemoteProtocolError("more than one Content-Length")
-        if encodings and (len(encodings) != 1 or encodings[0].lower() != b"chunked"):
-            raise httpx.RemoteProtocolError("Transfer-Encoding other than chunked")
-        if lengths and _LENGTH_RE.fullmatch(lengths[0]) is None:
-            raise httpx.RemoteProtocolError(f"bad Content-Length {lengths[0]!r}")
+        """How this answer's body ends (RFC 9112 section 6.3, in h11's order); the framing
+        headers were checked with the head, even where the status or method rules a body out."""
+        chunked, length = _framing_headers(head.headers)
         if head.status_code in _NO_BODY_STATUS or self._method == b"HEAD":
             return _Length(0)
-        if encodings:
+        if chunked:
             return _Chunked()
-        if lengths:
-            return _Length(int(lengths[0]))
+        if length is not None:
+            return _Length(length)
         return _UntilClose()
 
 
@@ -259,8 +263,30 @@ def _parse_head(text: bytes) -> ResponseHead | None:
             keep_alive = False
         headers.append((name, value))
     if code < 200:
+        _framing_headers(headers)  # checked on a 1xx too, as h11 does (a final head: _framing)
         return None
     return ResponseHead(code, status.group(3) or b"", headers, keep_alive)
+
+
+def _framing_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    """(chunked, Content-Length or None) of a head, refusing any framing h11 would refuse and
+    the ambiguous framings it allows.
+
+    Raises:
+        httpx.RemoteProtocolError: both framings, two lengths, a bad length, or a transfer
+            coding other than chunked.
+    """
+    encodings = [value for name, value in headers if name.lower() == b"transfer-encoding"]
+    lengths = [value for name, value in headers if name.lower() == b"content-length"]
+    if encodings and lengths:
+        raise httpx.RemoteProtocolError("both Transfer-Encoding and Content-Length")
+    if len(lengths) > 1:
+        raise httpx.RemoteProtocolError("more than one Content-Length")
+    if encodings and (len(encodings) != 1 or encodings[0].lower() != b"chunked"):
+        raise httpx.RemoteProtocolError("Transfer-Encoding other than chunked")
+    if lengths and _LENGTH_RE.fullmatch(lengths[0]) is None:
+        raise httpx.RemoteProtocolError(f"bad Content-Length {lengths[0][:30]!r}")
+    return bool(encodings), int(lengths[0]) if lengths else None
 
 
 def _says_close(connection: bytes) -> bool:
@@ -351,7 +377,7 @@ class _Chunked(_Body):
     def _read_size(self, buffer: bytearray) -> bool:
         end = buffer.find(b"\r\n", 0, MAX_CHUNK_LINE + 2)
         if end < 0:
-            if len(buffer) > MAX_CHUNK_LINE:
+            if len(buffer) >= MAX_CHUNK_LINE + 2:  # however the bytes were split into reads
                 raise httpx.RemoteProtocolError("chunk-size line too long")
             return False
         line = _CHUNK_RE.fullmatch(buffer, 0, end)
@@ -376,8 +402,11 @@ class _Chunked(_Body):
                 raise httpx.RemoteProtocolError("trailers too long")
             return self._wait(eof)
         for line in _LINE_RE.split(bytes(buffer[: found.start()]).removesuffix(b"\r")):
-            if _HEADER_RE.fullmatch(line) is None:
+            field = _HEADER_RE.fullmatch(line)
+            if field is None:
                 raise httpx.RemoteProtocolError(f"illegal trailer line: {line[:100]!r}")
+            if field.group(1).lower() in _FRAMING_NAMES:
+                raise httpx.RemoteProtocolError("a framing header among the trailers")
         del buffer[: found.end()]
         self.done = True
         return b""

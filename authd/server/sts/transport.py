@@ -11,8 +11,8 @@ request and goes through several layers per read; this transport keeps the same 
   and a connection freed for another origin is closed to make room;
 - requests and answers are framed by authd/server/sts/http1.py, a strict subset of h11 (its
   tests check it against h11); a connection goes back to the pool only once its answer has
-  been read to the end, both sides may go on and nothing else has arrived; any error, an
-  unread body, or `Connection: close` drops it;
+  been read to the end, both sides may go on and nothing else has been read from it; any
+  error, an unread body, or `Connection: close` (either way) drops it;
 - an idle connection is polled (one `poll()` on that socket alone) before reuse: one the
   server has closed since is dropped and a new one opened. A request is never sent twice:
   a connection closed while the request was on its way fails as httpx would, and retrying is
@@ -341,9 +341,11 @@ class _Connection:
         """
         method = request.method.encode("ascii", "replace")  # "?" fails the method check
         write, read = timeouts.get("write"), timeouts.get("read")
+        target = request.extensions.get("target") or request.url.raw_path
+        head = http1.request_head(method, target, request.headers.raw)
         with trio.CancelScope() as timer:
-            await self._send_request(request, method, write, timer)
-            self.parser.start(method)
+            await self._send_request(request, head, write, timer)
+            self.parser.start(method, close=head.close)
             while not isinstance(event := self.parser.next_event(), http1.ResponseHead):
                 self.step = "read"
                 timer.deadline = _expiry(read)
@@ -355,11 +357,14 @@ class _Connection:
         raise httpx.ReadTimeout(f"no answer within {read} s (read timeout)")
 
     async def _send_request(
-        self, request: httpx.Request, method: bytes, within: float | None, timer: trio.CancelScope
+        self,
+        request: httpx.Request,
+        head: http1.RequestHead,
+        within: float | None,
+        timer: trio.CancelScope,
     ) -> None:
         """Write the request head and body, framed as its headers say, each write by `timer`."""
-        target = request.extensions.get("target") or request.url.raw_path
-        head, length, chunked = http1.request_head(method, target, request.headers.raw)
+        length, chunked = head.length, head.chunked
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             # In memory already (always so for a GET): small bodies go in the head's write.
@@ -368,14 +373,14 @@ class _Connection:
             if chunked:
                 body = http1.chunk(body) + http1.chunk(b"") if body else http1.chunk(b"")
             if len(body) <= _COALESCE_BYTES:
-                await self._write(head + body, within, timer)
+                await self._write(head.data + body, within, timer)
             else:
-                await self._write(head, within, timer)
+                await self._write(head.data, within, timer)
                 await self._write(body, within, timer)
             return
         if not isinstance(stream, httpx.AsyncByteStream):
             raise TypeError("authd's transport sends httpx byte streams only")
-        await self._write(head, within, timer)
+        await self._write(head.data, within, timer)
         chunks = stream.__aiter__()
         sent = 0
         try:
