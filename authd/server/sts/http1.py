@@ -209,10 +209,8 @@ class ResponseParser:
 
     def _read_head(self) -> ResponseHead | None:
         while True:
-            found = _HEAD_END_RE.search(self._buffer)
-            if found is None:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("response head too long")
+            text = _take_block(self._buffer, "response head")
+            if text is None:
                 if self._eof:
                     raise httpx.RemoteProtocolError(
                         "Server disconnected without sending a response."
@@ -220,10 +218,6 @@ class ResponseParser:
                         else "Server disconnected in the middle of the response head."
                     )
                 return None
-            if found.start() > MAX_HEAD_BYTES:
-                raise httpx.RemoteProtocolError("response head too long")
-            text = bytes(self._buffer[: found.start()]).removesuffix(b"\r")
-            del self._buffer[: found.end()]
             head = _parse_head(text)
             if head is not None:
                 return head
@@ -241,27 +235,62 @@ class ResponseParser:
         return _UntilClose()
 
 
+def _take_block(buffer: bytearray, what: str) -> bytes | None:
+    """Cut a head or trailer block (up to its blank line, which goes too) from `buffer`, or
+    None while its end has not arrived.
+
+    Raises:
+        httpx.RemoteProtocolError: the block is over MAX_HEAD_BYTES.
+    """
+    found = _HEAD_END_RE.search(buffer)
+    if found is None:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError(f"{what} too long")
+        return None
+    if found.start() > MAX_HEAD_BYTES:
+        raise httpx.RemoteProtocolError(f"{what} too long")
+    block = bytes(buffer[: found.start()]).removesuffix(b"\r")
+    del buffer[: found.end()]
+    return block
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of a block, ended by CRLF or a bare LF (as h11 splits them)."""
+    lines = block.split(b"\r\n")
+    if block.count(b"\n") >= len(lines):  # a line ends in a bare LF as well
+        lines = _LINE_RE.split(block)
+    return lines
+
+
+def _fields(lines: list[bytes], what: str) -> list[tuple[bytes, bytes]]:
+    """(name, value) of each header line, the value without its optional whitespace.
+
+    Raises:
+        httpx.RemoteProtocolError: a line that is not a header field.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        field = _HEADER_RE.fullmatch(line)
+        if field is None:
+            raise httpx.RemoteProtocolError(f"illegal {what} line: {line[:100]!r}")
+        fields.append((field.group(1), field.group(2)))
+    return fields
+
+
 def _parse_head(text: bytes) -> ResponseHead | None:
     """The head of a final answer; None for a 1xx (skipped, as the final one follows)."""
-    lines = text.split(b"\r\n")
-    if text.count(b"\n") >= len(lines):  # a line ends in a bare LF as well
-        lines = _LINE_RE.split(text)
+    lines = _lines(text)
     status = _STATUS_RE.fullmatch(lines[0])
     if status is None:
         raise httpx.RemoteProtocolError(f"illegal status line: {lines[0][:100]!r}")
     code = int(status.group(2))
     if code < 100 or code == 101:
         raise httpx.RemoteProtocolError(f"unexpected status {code}")
-    headers: list[tuple[bytes, bytes]] = []
-    keep_alive = status.group(1) == b"1"
-    for line in lines[1:]:
-        field = _HEADER_RE.fullmatch(line)
-        if field is None:
-            raise httpx.RemoteProtocolError(f"illegal header line: {line[:100]!r}")
-        name, value = field.group(1, 2)
-        if len(name) == 10 and name.lower() == b"connection" and _says_close(value):
-            keep_alive = False
-        headers.append((name, value))
+    headers = _fields(lines[1:], "header")
+    keep_alive = status.group(1) == b"1" and not any(
+        len(name) == 10 and name.lower() == b"connection" and _says_close(value)
+        for name, value in headers
+    )
     if code < 200:
         _framing_headers(headers)  # checked on a 1xx too, as h11 does (a final head: _framing)
         return None
@@ -306,6 +335,23 @@ class _Body:
         """The next piece (b"" at the end), or None to wait for more bytes."""
         raise NotImplementedError
 
+    @staticmethod
+    def _wait(eof: bool) -> None:
+        """None, to wait for more bytes; at the end of the stream the body is cut short.
+
+        Raises:
+            httpx.RemoteProtocolError: the stream has ended.
+        """
+        if eof:
+            raise httpx.RemoteProtocolError("Server disconnected in the middle of the body.")
+
+    @staticmethod
+    def _take(buffer: bytearray, most: int) -> bytes:
+        """Up to `most` bytes from the front of `buffer`."""
+        piece = bytes(buffer[:most])
+        del buffer[: len(piece)]
+        return piece
+
 
 class _Length(_Body):
     __slots__ = ("_left",)
@@ -317,11 +363,8 @@ class _Length(_Body):
 
     def read(self, buffer: bytearray, *, eof: bool) -> bytes | None:
         if not buffer:
-            if eof:
-                raise httpx.RemoteProtocolError("Server disconnected in the middle of the body.")
-            return None
-        piece = bytes(buffer[: self._left])
-        del buffer[: len(piece)]
+            return self._wait(eof)
+        piece = self._take(buffer, self._left)
         self._left -= len(piece)
         self.done = self._left == 0
         return piece
@@ -369,8 +412,7 @@ class _Chunked(_Body):
                 continue
             if not buffer:
                 return self._wait(eof)
-            piece = bytes(buffer[: self._left])
-            del buffer[: len(piece)]
+            piece = self._take(buffer, self._left)
             self._left -= len(piece)
             return piece
 
@@ -396,22 +438,10 @@ class _Chunked(_Body):
             del buffer[: 2 if buffer[:1] == b"\r" else 1]
             self.done = True
             return b""
-        found = _HEAD_END_RE.search(buffer, 0, MAX_HEAD_BYTES + 4)
-        if found is None:
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise httpx.RemoteProtocolError("trailers too long")
+        block = _take_block(buffer, "trailers")
+        if block is None:
             return self._wait(eof)
-        for line in _LINE_RE.split(bytes(buffer[: found.start()]).removesuffix(b"\r")):
-            field = _HEADER_RE.fullmatch(line)
-            if field is None:
-                raise httpx.RemoteProtocolError(f"illegal trailer line: {line[:100]!r}")
-            if field.group(1).lower() in _FRAMING_NAMES:
-                raise httpx.RemoteProtocolError("a framing header among the trailers")
-        del buffer[: found.end()]
+        if any(name.lower() in _FRAMING_NAMES for name, _ in _fields(_lines(block), "trailer")):
+            raise httpx.RemoteProtocolError("a framing header among the trailers")
         self.done = True
         return b""
-
-    @staticmethod
-    def _wait(eof: bool) -> None:
-        if eof:
-            raise httpx.RemoteProtocolError("Server disconnected in the middle of the body.")
