@@ -123,9 +123,7 @@ class IdentityCache:
             return None
         entry, size = found
         if now > entry.expires_at:
-            del self._entries[key]
-            self._bytes -= size
-            self._evicted(EVICTED_EXPIRED)
+            self._drop(key, size, EVICTED_EXPIRED)
             return None
         self._entries.move_to_end(key)
         return entry
@@ -159,9 +157,13 @@ class IdentityCache:
             key, (oldest, size) = next(iter(self._entries.items()))
             if now <= oldest.expires_at:
                 return
-            del self._entries[key]
-            self._bytes -= size
-            self._evicted(EVICTED_EXPIRED)
+            self._drop(key, size, EVICTED_EXPIRED)
+
+    def _drop(self, key: bytes, size: int, cause: str) -> None:
+        """Remove the entry for `key`, which holds `size` bytes, and report why."""
+        del self._entries[key]
+        self._bytes -= size
+        self._evicted(cause)
 
     def _evicted(self, cause: str) -> None:
         if self._on_evict is not None:
