@@ -3,19 +3,13 @@ subcommand only, and answers `--help` exactly as the whole parser does (authd/cl
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from authd.cli import COMMANDS, build_parser
 from tests.conftest import BIN
+from tests.crashkit import token_env
 
-OFFLINE_AWS = {
-    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 # The installed console script's body, then the subcommand modules it ended up with.
 PROBE = """
 import sys
@@ -28,10 +22,9 @@ sys.exit(code)
 
 def cli_modules(args: list[str], home: Path) -> set[str]:
     """The `authd.cli.*` modules loaded by a real `authd ARGS...` run (it must succeed)."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), **OFFLINE_AWS}
     out = subprocess.run(
         [str(BIN / "python"), "-c", PROBE, *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=token_env(home), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     return set(out.stderr.strip().splitlines()[-1].split())
