@@ -1,5 +1,5 @@
-"""Shared by the deployment tests: the flags the real `authd server --help` lists, and the
-container-image and manifest files they read."""
+"""Shared by the deployment tests: the flags the real `authd server --help` lists, the
+container-image and manifest files they read, and the shell blocks of the deployment docs."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def server_flags() -> frozenset[str]:
 def flag_name(arg: str) -> str:
     """`--state-dir=/x` -> `--state-dir`; `server` (a positional) -> `server`."""
     return arg.split("=", 1)[0]
+
+
+def shell_blocks(doc: Path) -> list[list[str]]:
+    """The lines of every ```sh block of the Markdown file `doc`."""
+    text = doc.read_text()
+    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]

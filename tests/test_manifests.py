@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import ssl
@@ -23,7 +22,7 @@ import pytest
 import yaml
 
 from tests.daemon import Daemon, base_env, free_port
-from tests.deploy_helpers import CONFIG, DOCKERFILE, flag_name, server_flags
+from tests.deploy_helpers import CONFIG, DOCKERFILE, flag_name, server_flags, shell_blocks
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.kube.resources import ResourceType
 
@@ -369,8 +368,7 @@ ELSEWHERE = ("# on a machine with a container engine", "# as root on each contro
 
 def doc_blocks() -> list[list[str]]:
     """The lines of every ```sh block of docs/deploy-kubernetes.md."""
-    text = DOC.read_text()
-    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+    return shell_blocks(DOC)
 
 
 def test_every_doc_command_says_where_it_runs() -> None:

@@ -33,6 +33,7 @@ from authd.server.reload import Timing
 from authd.server.sdnotify import Notifier, monotonic_usec, socket_address
 from tests.conftest import BIN
 from tests.daemon import Daemon, base_env
+from tests.deploy_helpers import shell_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -471,8 +472,7 @@ FROM_CHECKOUT = "# from a checkout (tests/test_systemd.py runs this block)"
 
 def doc_blocks() -> list[list[str]]:
     """The lines of every ```sh block of docs/deploy-systemd.md."""
-    text = (ROOT / "docs" / "deploy-systemd.md").read_text()
-    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+    return shell_blocks(ROOT / "docs" / "deploy-systemd.md")
 
 
 def test_every_doc_command_is_tested_or_for_a_real_node() -> None:
